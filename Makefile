@@ -1,0 +1,11 @@
+# The README's commands. `make test` and `make run` install first, so each is one command on a
+# fresh machine.
+PYTHON ?= python3
+
+.PHONY: install test
+
+install:
+	bash scripts/install.sh
+
+test: install
+	$(PYTHON) -m pytest -q tests

@@ -1,0 +1,1 @@
+"""Rollout engines: vLLM (colocated) and a transformers fallback behind one interface."""
