@@ -77,21 +77,48 @@ def time_fn(fn: Callable[[], object], *, warmup: int = 2, reps: int = 10) -> dic
 
 
 def peak_memory_bytes(fn: Callable[[], object]) -> int:
-    """Peak memory allocated while `fn()` runs, above what was allocated before.
+    """Peak CUDA memory allocated while `fn()` runs, above what was allocated before it."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("peak_memory_bytes needs CUDA; on the CPU use peak_rss_in_subprocess")
+    synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    synchronize()
+    return torch.cuda.max_memory_allocated() - base
 
-    On a GPU: torch's CUDA allocator statistics. On the CPU: torch's CPU allocations traced with
-    the profiler's memory accounting would be costly, so we sample the process's peak RSS delta
-    (ru_maxrss) in a fresh subprocess instead: callers that need CPU memory figures run each case
-    in its own process via `run_isolated`.
+
+def _rss_child(conn, target: Callable, args: tuple) -> None:
+    import resource
+
+    try:
+        run = target(*args)  # set-up happens here, before the mark
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        run()
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        conn.send(("ok", (after - before) * 1024))
+    except Exception as exc:  # report, don't hang the parent
+        conn.send(("error", repr(exc)))
+
+
+def peak_rss_in_subprocess(target: Callable, *args) -> int:
+    """CPU peak memory of a run, in bytes: `target(*args)` builds the inputs and returns a
+    callable; the growth of the process's peak RSS while that callable runs is returned.
+
+    Each measurement gets a fresh spawned process, since a process's peak RSS never falls.
+    `target` must be a module-level function (it is pickled by name).
     """
-    if torch.cuda.is_available():
-        synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    raise RuntimeError("peak_memory_bytes on the CPU: use run_isolated(...) to measure peak RSS")
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_rss_child, args=(child, target, args))
+    proc.start()
+    status, value = parent.recv()
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"memory measurement failed in the subprocess: {value}")
+    return int(value)
 
 
 def append_results(benchmark: str, rows: list[dict], json_name: str | None = None) -> Path:
