@@ -68,7 +68,8 @@ def _as_vector(values, name: str) -> np.ndarray:
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} must be finite; found NaN or inf at index {int(np.flatnonzero(~np.isfinite(array))[0])}")
+        where = int(np.flatnonzero(~np.isfinite(array))[0])
+        raise ValueError(f"{name} must be finite; found {array[where]!r} at index {where}")
     return array
 
 

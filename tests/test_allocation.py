@@ -325,7 +325,8 @@ def test_explore_respects_floor_and_cap():
     np.testing.assert_array_equal(counts, [34, 3, 3])
     # pool min(20, floor(1.0 * 20)) = 20, clipped to the cap of 12; the solved prompt takes the rest
     counts = allocate(
-        [1.0, 0.0], [0.5, 0.0], 20, zero_accept="explore", explore_per_prompt=20, explore_fraction=1.0, max_per_prompt=12
+        [1.0, 0.0], [0.5, 0.0], 20,
+        zero_accept="explore", explore_per_prompt=20, explore_fraction=1.0, max_per_prompt=12,
     )
     np.testing.assert_array_equal(counts, [8, 12])
 
