@@ -69,7 +69,7 @@ def _as_vector(values, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
     if not np.all(np.isfinite(array)):
         where = int(np.flatnonzero(~np.isfinite(array))[0])
-        raise ValueError(f"{name} must be finite; found {array[where]!r} at index {where}")
+        raise ValueError(f"{name} must be finite; found {float(array[where])} at index {where}")
     return array
 
 
@@ -80,10 +80,10 @@ def _check_stats(grad_norms, accept_rates) -> tuple[np.ndarray, np.ndarray]:
     if grad.shape != rate.shape:
         raise ValueError(f"grad_norms and accept_rates must have the same length, got {grad.size} and {rate.size}")
     if np.any(grad < 0):
-        raise ValueError(f"grad_norms must be >= 0; found {grad[grad < 0][0]!r}")
+        raise ValueError(f"grad_norms must be >= 0; found {float(grad[grad < 0][0])}")
     if np.any((rate < 0) | (rate > 1)):
         bad = rate[(rate < 0) | (rate > 1)][0]
-        raise ValueError(f"accept_rates must lie in [0, 1]; found {bad!r}")
+        raise ValueError(f"accept_rates must lie in [0, 1]; found {float(bad)}")
     return grad, rate
 
 
