@@ -1,0 +1,640 @@
+"""Rewards: does a completion's final answer equal the gold answer? (math-verify 0.9)
+
+Three parts, used in this order:
+
+- `extract_answer(text)`: the completion's final answer (last `\\boxed{}` / `\\fbox{}`, then
+  "the answer is X", then the last `$...$`).
+- `normalize_gold(raw)`: one gold answer from any of the evaluation files (LaTeX string, integer
+  string, JSON float, worked solution ending in a box, list of alternatives) as LaTeX strings.
+- `Verifier.score(completions, golds)`: 1.0 / 0.0 per item. math-verify guards its parsing with
+  SIGALRM, which works only in a process's main thread and cannot interrupt C code, so scoring
+  runs in worker processes with a watchdog that kills and replaces a stuck worker; every failure
+  (bad LaTeX, timeout, crash) scores 0 and is counted by reason in `Verifier.stats`.
+
+Units: gold answers carry no units (OlympiadBench keeps them in a separate `unit` field, which we
+ignore); math-verify's own normalisation drops common unit words (`\\text{ cm}`, `\\mathrm{m}`)
+from both sides, so "45 \\text{ minutes}" still matches a gold of 45.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import re
+import signal
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Sequence
+
+Gold = str | int | float | Sequence[str]
+
+# ----------------------------------------------------------------------------------------------
+# Answer extraction
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])(\s*)")
+# "the final answer is X", "answer: X"; X runs to the end of its line.
+_ANSWER_PHRASE_RE = re.compile(r"(?:final\s+answer|the\s+answer)\s*(?:is|:)\s*:?\s*([^\n]+)", re.IGNORECASE)
+_MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.DOTALL)
+_BARE_BOX_TOKEN_RE = re.compile(r"[^\s$]+")
+
+
+def _matching_braces(text: str) -> dict[int, int]:
+    """Position of each `{` -> position of its `}` (unmatched ones absent), in one linear pass.
+
+    Escaped braces (`\\{`, `\\}`) are literal characters in LaTeX and do not group.
+    """
+    match: dict[int, int] = {}
+    stack: list[int] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            stack.append(i)
+        elif c == "}" and stack:
+            match[stack.pop()] = i
+        i += 1
+    return match
+
+
+def _box_contents(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every balanced box, in order of start; unbalanced ones skipped."""
+    starts = list(_BOX_RE.finditer(text))
+    if not starts:
+        return []
+    closing = _matching_braces(text)
+    boxes = []
+    for m in starts:
+        open_at = m.end()
+        if text.startswith("{", open_at):
+            close_at = closing.get(open_at)
+            if close_at is not None:
+                boxes.append((m.start(), close_at + 1, text[open_at + 1:close_at]))
+        elif m.group(1):  # `\boxed 5`: TeX takes the next token as the argument
+            token = _BARE_BOX_TOKEN_RE.match(text, open_at)
+            if token:
+                boxes.append((m.start(), token.end(), token.group(0).rstrip(".")))
+    return boxes
+
+
+def _last_box(text: str) -> str | None:
+    """Content of the last top-level balanced box (a box inside another box is not top level)."""
+    boxes = _box_contents(text)
+    top_level = []
+    for start, end, content in boxes:
+        if top_level and start < top_level[-1][1]:
+            continue  # nested inside the previous top-level box
+        top_level.append((start, end, content))
+    if not top_level:
+        return None
+    content = top_level[-1][2].strip()
+    while True:  # unwrap `\boxed{\boxed{5}}`
+        inner = _box_contents(content)
+        if len(inner) == 1 and inner[0][0] == 0 and inner[0][1] == len(content):
+            content = inner[0][2].strip()
+        else:
+            return content
+
+
+def _strip_math_delimiters(answer: str) -> str:
+    answer = answer.strip().rstrip(".").strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\[", "\\]"), ("\\(", "\\)")):
+        if answer.startswith(left) and answer.endswith(right) and len(answer) > len(left) + len(right):
+            return answer[len(left):-len(right)].strip()
+    return answer
+
+
+def extract_answer(text: str, *, fallbacks: bool = True) -> str | None:
+    """The completion's final answer as a LaTeX string, or None when it gives none.
+
+    The content of the last `\\boxed{...}` / `\\fbox{...}` (nested braces kept; an unbalanced last
+    box is skipped in favour of the previous balanced one). Without a box and with `fallbacks`:
+    the text after the last "final answer is" / "the answer is" / "answer:", else the last math
+    span (`$...$`, `$$...$$`, `\\[...\\]`, `\\(...\\)`). Linear in the length of `text`.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"extract_answer: text must be a str, got {type(text).__name__}")
+    boxed = _last_box(text)
+    if boxed is not None:
+        return boxed or None
+    if not fallbacks:
+        return None
+    phrases = list(_ANSWER_PHRASE_RE.finditer(text))
+    if phrases:
+        answer = phrases[-1].group(1).strip()
+        # "X. Because ..." -> "X": cut at the first sentence end outside math.
+        sentence_end = re.search(r"(?<![0-9\\])\.(\s|$)", answer)
+        if sentence_end and answer.count("$", 0, sentence_end.start()) % 2 == 0:
+            answer = answer[:sentence_end.start()]
+        answer = _strip_math_delimiters(answer)
+        if answer:
+            return answer
+    spans = list(_MATH_SPAN_RE.finditer(text))
+    if spans:
+        last = next(g for g in spans[-1].groups() if g is not None).strip()
+        return last or None
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Gold answers
+
+_UNESCAPED_DOLLAR_RE = re.compile(r"(?<!\\)\$")
+# 4.5e33 / 1e-5 as a whole number: math-verify would read the `e` as Euler's number.
+_SCIENTIFIC_RE = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
+
+
+def scientific_to_latex(latex: str) -> str:
+    """`4.5e33` -> `4.5\\times 10^{33}`, so that it means a number rather than 4.5 * e * 33."""
+    return _SCIENTIFIC_RE.sub(r"\1\\times 10^{\2}", latex)
+
+
+def _normalize_gold_string(raw: str) -> str:
+    if _BOX_RE.search(raw):  # a worked solution (Minerva): the answer is its last box
+        boxed = _last_box(raw)
+        if boxed:
+            return scientific_to_latex(boxed)
+    # OlympiadBench writes "$69$,$84$": drop math delimiters, keep escaped dollars (`\$18.90`).
+    return scientific_to_latex(_UNESCAPED_DOLLAR_RE.sub("", raw).strip())
+
+
+def normalize_gold(raw: Gold) -> str | list[str]:
+    """Gold answer(s) as LaTeX strings, from every format of the evaluation files.
+
+    str -> the string without `$` delimiters, or the last `\\boxed{}` when it is a worked solution;
+    int / float -> "27" for 27.0, else the shortest repr; list of str -> list of normalised
+    alternatives (any may match). Raises ValueError on empty or unsupported golds.
+    """
+    if isinstance(raw, bool):
+        raise ValueError("normalize_gold: raw must be a str, number or list of str, got bool")
+    if isinstance(raw, int):
+        return str(raw)
+    if isinstance(raw, float):
+        if not math.isfinite(raw):
+            raise ValueError(f"normalize_gold: raw must be finite, got {raw}")
+        return str(int(raw)) if raw.is_integer() else repr(raw)
+    if isinstance(raw, str):
+        gold = _normalize_gold_string(raw)
+        if not gold:
+            raise ValueError(f"normalize_gold: empty gold answer {raw!r}; drop the row or fix its answer")
+        return gold
+    if isinstance(raw, (list, tuple)):
+        alternatives: list[str] = []
+        for item in raw:
+            normalized = normalize_gold(item)
+            for alt in [normalized] if isinstance(normalized, str) else normalized:
+                if alt not in alternatives:
+                    alternatives.append(alt)
+        if not alternatives:
+            raise ValueError("normalize_gold: raw is an empty list; give at least one gold answer")
+        return alternatives
+    raise ValueError(f"normalize_gold: raw must be a str, number or list of str, got {type(raw).__name__}")
+
+
+def _gold_key(gold: Gold) -> tuple[str, ...]:
+    """Hashable, normalised form of a gold: the tuple of its acceptable LaTeX strings."""
+    normalized = normalize_gold(gold)
+    return (normalized,) if isinstance(normalized, str) else tuple(normalized)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring one item (runs in a worker process, or in the main thread when num_workers == 0)
+
+REASONS = ("correct", "wrong", "no_answer", "too_long", "too_deep", "parse_error", "gold_error",
+           "timeout", "crashed")
+
+
+class _Deadline(BaseException):
+    """Raised by SIGALRM when an item overruns its time budget.
+
+    A BaseException, so that math-verify's and sympy's `except Exception` cannot swallow it.
+    """
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    raise _Deadline()
+
+
+def _run_with_alarm(seconds: float, fn, *args):
+    """fn(*args) under a SIGALRM budget (main thread only); raises _Deadline when it runs over."""
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return fn(*args)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _as_math(latex: str) -> str:
+    """`$latex$`, the form math-verify's LaTeX extractor reads; stray `$` inside are dropped.
+
+    Measured on the five evaluation files: `$x$` and `\\boxed{x}` agree on every gold, and `$x$`
+    parses twice as fast.
+    """
+    return "$" + _UNESCAPED_DOLLAR_RE.sub("", latex) + "$"
+
+
+def _brace_depth(text: str) -> int:
+    depth = deepest = 0
+    for c in text:
+        if c == "{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == "}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
+class _ItemScorer:
+    """Scores (completion, gold) pairs with math-verify, parsing each distinct gold once.
+
+    Uses SIGALRM for its time budgets, so it must run in a process's main thread. math-verify's own
+    alarms are switched off (`parsing_timeout=None`): they share the one ITIMER_REAL with ours and
+    would cancel it.
+    """
+
+    def __init__(self, timeout_s: float, max_answer_chars: int, max_brace_depth: int,
+                 fallbacks: bool, gold_cache_size: int = 4096):
+        self.timeout_s = timeout_s
+        self.max_answer_chars = max_answer_chars
+        self.max_brace_depth = max_brace_depth
+        self.fallbacks = fallbacks
+        self.gold_cache_size = gold_cache_size
+        self._golds: OrderedDict[tuple[str, ...], list | None] = OrderedDict()
+
+    def _parse_gold(self, gold_key: tuple[str, ...]) -> list | None:
+        """All alternatives' parses concatenated (verify accepts any pair), None when none parse."""
+        if gold_key in self._golds:
+            self._golds.move_to_end(gold_key)
+            return self._golds[gold_key]
+        from math_verify import parse
+
+        def parse_all() -> list:
+            return [p for alt in gold_key for p in parse(_as_math(alt), parsing_timeout=None)]
+
+        try:
+            parsed = _run_with_alarm(self.timeout_s, parse_all) or None
+        except _Deadline:
+            parsed = None
+        except Exception:  # noqa: BLE001 - a gold that math-verify cannot read scores nothing
+            parsed = None
+        self._golds[gold_key] = parsed
+        if len(self._golds) > self.gold_cache_size:
+            self._golds.popitem(last=False)
+        return parsed
+
+    def _score_answer(self, completion: str, gold: list) -> tuple[float, str]:
+        from math_verify import parse, verify
+
+        answer = extract_answer(completion, fallbacks=self.fallbacks)
+        if answer is None:
+            return 0.0, "no_answer"
+        if len(answer) > self.max_answer_chars:
+            return 0.0, "too_long"
+        if _brace_depth(answer) > self.max_brace_depth:
+            return 0.0, "too_deep"
+        parsed = parse(_as_math(scientific_to_latex(answer)), parsing_timeout=None)
+        if not parsed:
+            return 0.0, "parse_error"
+        if verify(gold, parsed, timeout_seconds=None):
+            return 1.0, "correct"
+        return 0.0, "wrong"
+
+    def score(self, completion: str, gold_key: tuple[str, ...]) -> tuple[float, str]:
+        """(reward, reason); never raises on bad input."""
+        gold = self._parse_gold(gold_key)
+        if gold is None:
+            return 0.0, "gold_error"
+        try:
+            return _run_with_alarm(self.timeout_s, self._score_answer, completion, gold)
+        except _Deadline:
+            return 0.0, "timeout"
+        except RecursionError:
+            return 0.0, "too_deep"
+        except Exception:  # noqa: BLE001 - bad LaTeX must score 0, never stop training
+            return 0.0, "parse_error"
+
+
+def _quiet_math_verify() -> None:
+    """math-verify logs every unparsable string at WARNING; failures are counted in stats instead."""
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, scorer_args: dict) -> None:
+    """A worker: announce readiness, then score (gold_key, [(index, completion), ...]) tasks,
+    sending back (index, reward, reason) per item, until it receives None or the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes us
+    _quiet_math_verify()
+    import math_verify  # noqa: F401 - pay the sympy import before announcing readiness
+
+    scorer = _ItemScorer(**scorer_args)
+    conn.send("ready")
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        gold_key, items = task
+        for index, completion in items:
+            reward, reason = scorer.score(completion, gold_key)
+            conn.send((index, reward, reason))
+
+
+# ----------------------------------------------------------------------------------------------
+# The verifier: configuration, worker pool with watchdog, in-process mode
+
+def _default_num_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def _default_start_method() -> str:
+    # forkserver: workers fork from a clean server that has math-verify imported (fast restarts);
+    # neither it nor spawn copies the parent's torch threads and locks the way fork would.
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    num_workers: int = field(default_factory=_default_num_workers)  # 0: score in this process's main thread
+    timeout_s: float = 5.0  # budget per item (extract + parse + verify), and per distinct gold's parse
+    kill_grace_s: float = 2.0  # the watchdog kills a worker this long after its own alarm should have fired
+    startup_timeout_s: float = 120.0  # a worker that is not ready by then is an environment failure
+    start_method: str = field(default_factory=_default_start_method)  # "forkserver" or "spawn"
+    chunk_size: int = 16  # items of one gold per message: the worker parses that gold once per chunk
+    max_answer_chars: int = 2000  # longer extracted answers score 0 unparsed ("too_long")
+    max_brace_depth: int = 32  # deeper answers score 0 unparsed ("too_deep"): the parser recurses
+    fallbacks: bool = True  # without a box, accept "the answer is X" and a last $...$
+
+    def __post_init__(self):
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 (0 = in-process), got {self.num_workers}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0 seconds, got {self.timeout_s}")
+        if self.kill_grace_s < 0 or self.startup_timeout_s <= 0:
+            raise ValueError("kill_grace_s must be >= 0 and startup_timeout_s > 0, "
+                             f"got {self.kill_grace_s} and {self.startup_timeout_s}")
+        if self.start_method not in ("forkserver", "spawn"):
+            raise ValueError(f"start_method must be 'forkserver' or 'spawn' (fork is unsafe once torch "
+                             f"has started threads), got {self.start_method!r}")
+        if self.start_method not in multiprocessing.get_all_start_methods():
+            raise ValueError(f"start_method {self.start_method!r} is not available on this platform; use 'spawn'")
+        if self.chunk_size < 1 or self.max_answer_chars < 1 or self.max_brace_depth < 1:
+            raise ValueError("chunk_size, max_answer_chars and max_brace_depth must be >= 1, got "
+                             f"{self.chunk_size}, {self.max_answer_chars}, {self.max_brace_depth}")
+
+    def scorer_args(self) -> dict:
+        return {"timeout_s": self.timeout_s, "max_answer_chars": self.max_answer_chars,
+                "max_brace_depth": self.max_brace_depth, "fallbacks": self.fallbacks}
+
+
+class _Worker:
+    """One worker process, its pipe, and the chunk it is working through."""
+
+    def __init__(self, ctx, scorer_args: dict, startup_timeout_s: float):
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_worker_main, args=(child_conn, scorer_args), daemon=True,
+                                   name="gvm-verify-worker")
+        self.process.start()
+        child_conn.close()
+        self.conn = parent_conn
+        self.ready = False
+        self.gold_key: tuple[str, ...] | None = None
+        self.items: deque[tuple[int, str]] = deque()  # sent, not yet answered, in order
+        self.deadline = time.monotonic() + startup_timeout_s
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.items)
+
+    def stop(self) -> None:
+        """Ask politely, then kill: a worker stuck in C code never reads its pipe."""
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.process.join(timeout=0.5)
+        self.kill()
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
+
+
+class Verifier:
+    """Scores completions against gold answers: 1.0 when math-verify finds them equal, else 0.0.
+
+    Never raises on bad completions and never hangs: each item has `timeout_s`; a worker that
+    overruns it (stuck in C code, where SIGALRM cannot reach) is killed and replaced. Reasons are
+    counted in `stats` (see REASONS). Workers start on first use and live until `close()`.
+    `num_workers=0` scores in the calling thread, which must be the main thread; its timeouts
+    cannot interrupt C code, so use it for small, trusted jobs and tests.
+    """
+
+    def __init__(self, config: VerifierConfig | None = None, **overrides):
+        self.config = replace(config or VerifierConfig(), **overrides)
+        self.stats: Counter[str] = Counter()
+        self._workers: list[_Worker] = []
+        self._ctx = None
+        self._in_process: _ItemScorer | None = None
+        self._lock = threading.Lock()  # one score() at a time: the pool is not re-entrant
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def score(self, completions: Sequence[str], golds: Sequence[Gold]) -> list[float]:
+        """Reward per completion: 1.0 if its final answer equals its gold (any alternative)."""
+        return self.score_with_reasons(completions, golds)[0]
+
+    def score_with_reasons(self, completions: Sequence[str], golds: Sequence[Gold]
+                           ) -> tuple[list[float], list[str]]:
+        """Rewards and, per item, why (one of REASONS); also added to `stats`."""
+        if len(completions) != len(golds):
+            raise ValueError(f"completions and golds must have the same length, got "
+                             f"{len(completions)} and {len(golds)}")
+        for i, completion in enumerate(completions):
+            if not isinstance(completion, str):
+                raise ValueError(f"completions[{i}] must be a str, got {type(completion).__name__}")
+        keys: dict[int, tuple[str, ...]] = {}  # id(gold) -> key: normalise each gold object once
+        gold_keys = [keys[id(g)] if id(g) in keys else keys.setdefault(id(g), _gold_key(g)) for g in golds]
+        with self._lock:
+            if self.config.num_workers == 0:
+                results = self._score_in_process(completions, gold_keys)
+            else:
+                results = self._score_in_pool(completions, gold_keys)
+        rewards = [r for r, _ in results]
+        reasons = [why for _, why in results]
+        self.stats.update(reasons)
+        return rewards, reasons
+
+    def start(self) -> "Verifier":
+        """Start the workers now (otherwise on the first score()); returns self."""
+        if self.config.num_workers > 0:
+            with self._lock:
+                self._ensure_workers()
+        return self
+
+    def worker_pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers]
+
+    def close(self) -> None:
+        """Stop the workers. The verifier can be used again: it restarts them on demand."""
+        workers, self._workers = self._workers, []
+        for w in workers:
+            w.stop()
+
+    def __enter__(self) -> "Verifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown may have torn modules down
+            pass
+
+    # -- in-process mode -----------------------------------------------------------------------
+
+    def _score_in_process(self, completions: Sequence[str], gold_keys: list[tuple[str, ...]]
+                          ) -> list[tuple[float, str]]:
+        if threading.current_thread() is not threading.main_thread():
+            raise ValueError("num_workers=0 scores with SIGALRM timeouts, which work only in the main "
+                             "thread; call score() from the main thread or use num_workers >= 1")
+        if self._in_process is None:
+            self._in_process = _ItemScorer(**self.config.scorer_args())
+        logger = logging.getLogger("math_verify")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            return [self._in_process.score(c, k) for c, k in zip(completions, gold_keys)]
+        finally:
+            logger.setLevel(level)
+
+    # -- pool mode -----------------------------------------------------------------------------
+
+    def _new_worker(self) -> _Worker:
+        if self._ctx is None:
+            self._ctx = multiprocessing.get_context(self.config.start_method)
+            if self.config.start_method == "forkserver":
+                # Takes effect only if the fork server has not started yet (it is per process).
+                self._ctx.set_forkserver_preload(["math_verify", __name__])
+        return _Worker(self._ctx, self.config.scorer_args(), self.config.startup_timeout_s)
+
+    def _ensure_workers(self) -> None:
+        """Start missing workers and wait until all are ready (imports done)."""
+        self._workers = [w for w in self._workers if w.process.is_alive()]
+        while len(self._workers) < self.config.num_workers:
+            self._workers.append(self._new_worker())
+        for w in self._workers:
+            if not w.ready:
+                self._await_ready(w)
+
+    def _await_ready(self, w: _Worker) -> None:
+        remaining = w.deadline - time.monotonic()
+        if w.conn.poll(max(0.0, remaining)):
+            try:
+                if w.conn.recv() == "ready":
+                    w.ready = True
+                    return
+            except (EOFError, OSError):
+                pass
+        w.process.join(timeout=1)
+        exitcode = w.process.exitcode
+        w.kill()
+        self._workers.remove(w)
+        raise RuntimeError(f"a verifier worker ({self.config.start_method}) did not start within "
+                           f"{self.config.startup_timeout_s} s (exit code {exitcode}); a script that starts "
+                           f"workers needs an `if __name__ == '__main__':` guard, and math_verify "
+                           f"must import in a fresh python process")
+
+    def _replace(self, w: _Worker) -> None:
+        w.kill()
+        self._workers[self._workers.index(w)] = fresh = self._new_worker()
+        self._await_ready(fresh)
+
+    def _dispatch(self, w: _Worker, gold_key: tuple[str, ...], items: list[tuple[int, str]]) -> bool:
+        try:
+            w.conn.send((gold_key, items))
+        except (OSError, ValueError):
+            return False  # the worker died while idle; the caller replaces it and requeues
+        w.gold_key = gold_key
+        w.items = deque(items)
+        # The first item may also pay for parsing the gold: two budgets.
+        w.deadline = time.monotonic() + 2 * self.config.timeout_s + self.config.kill_grace_s
+        return True
+
+    def _score_in_pool(self, completions: Sequence[str], gold_keys: list[tuple[str, ...]]
+                       ) -> list[tuple[float, str]]:
+        self._ensure_workers()
+        results: list[tuple[float, str] | None] = [None] * len(completions)
+        by_gold: dict[tuple[str, ...], list[int]] = {}
+        for i, key in enumerate(gold_keys):
+            by_gold.setdefault(key, []).append(i)
+        size = self.config.chunk_size
+        tasks: deque[tuple[tuple[str, ...], list[tuple[int, str]]]] = deque(
+            (key, [(i, completions[i]) for i in idx[s:s + size]])
+            for key, idx in by_gold.items() for s in range(0, len(idx), size))
+
+        try:
+            while tasks or any(w.busy for w in self._workers):
+                self._dispatch_all(tasks)
+                self._watch(tasks, results)
+        except BaseException:
+            self.close()  # e.g. Ctrl-C: answers still in flight would confuse the next call
+            raise
+        return results  # type: ignore[return-value]
+
+    def _dispatch_all(self, tasks: deque) -> None:
+        """Give a chunk to every idle worker; a worker found dead is replaced, its chunk requeued."""
+        for slot in range(len(self._workers)):
+            if tasks and not self._workers[slot].busy:
+                key, items = tasks.popleft()
+                if not self._dispatch(self._workers[slot], key, items):
+                    tasks.appendleft((key, items))
+                    self._replace(self._workers[slot])
+
+    def _watch(self, tasks: deque, results: list) -> None:
+        """Wait for answers until the nearest deadline; kill and replace overdue or dead workers."""
+        busy = [w for w in self._workers if w.busy]
+        if not busy:
+            return
+        wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+        multiprocessing.connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy],
+                                        timeout=wait_s)
+        for w in busy:
+            self._collect(w, results)
+            if not w.busy:
+                continue
+            dead = not w.process.is_alive()
+            if dead or time.monotonic() > w.deadline:
+                # The item at the head of the chunk is the one that hung or crashed the worker.
+                index, _ = w.items.popleft()
+                results[index] = (0.0, "crashed" if dead else "timeout")
+                if w.items:
+                    tasks.appendleft((w.gold_key, list(w.items)))
+                w.items.clear()
+                self._replace(w)
+
+    def _collect(self, w: _Worker, results: list) -> None:
+        """Read every answer the worker has sent; each one restarts its per-item clock."""
+        try:
+            while w.items and w.conn.poll():
+                index, reward, reason = w.conn.recv()
+                expected, _ = w.items.popleft()
+                if index != expected:
+                    raise RuntimeError(f"verifier worker answered item {index}, expected {expected}")
+                results[index] = (reward, reason)
+                w.deadline = time.monotonic() + self.config.timeout_s + self.config.kill_grace_s
+        except (EOFError, OSError):
+            pass  # died mid-chunk: the caller sees the dead process
