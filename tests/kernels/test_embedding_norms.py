@@ -30,6 +30,7 @@ needs_interpreter = pytest.mark.skipif(
     not INTERPRETER, reason="Triton on CPU needs TRITON_INTERPRET=1 before import; "
                             "run by test_kernel_tests_pass_in_interpreter_subprocess")
 BACKENDS = ["torch", pytest.param("triton", marks=needs_interpreter)]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def autograd_oracle(input_ids: torch.Tensor, grad_embeds: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
@@ -151,6 +152,25 @@ def test_auto_dispatch_picks_triton_only_when_interpreting(gen, monkeypatch):
     torch.testing.assert_close(interp, cpu, rtol=1e-5, atol=1e-6)
 
 
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_triton_on_cuda_matches_oracle(dtype, gen, monkeypatch):
+    """The compiled kernel (auto-dispatched for CUDA tensors) at a model-like width: d = 1536 is
+    one full and one ragged 1024-wide tile; long sequences with many repeats."""
+    input_ids, grad_embeds, cu_seqlens = random_packed_batch(gen, [1, 37, 5, 300, 64, 1], 50, 1536)
+    low = grad_embeds.to(dtype)
+    calls = []
+    real = embedding_norms.embedding_sq_grad_norms_triton
+    monkeypatch.setattr(embedding_norms, "embedding_sq_grad_norms_triton",
+                        lambda *a, **k: calls.append("triton") or real(*a, **k))
+    got = embedding_sq_grad_norms(input_ids.cuda(), low.cuda(), cu_seqlens.cuda())
+    assert calls == ["triton"] and got.is_cuda
+    want = autograd_oracle(input_ids, low.double(), cu_seqlens)
+    torch.testing.assert_close(got.cpu().double(), want, rtol=1e-5, atol=1e-5)
+    torch_path = embedding_sq_grad_norms(input_ids.cuda(), low.cuda(), cu_seqlens.cuda(), backend="torch")
+    torch.testing.assert_close(torch_path.cpu().double(), want, rtol=1e-5, atol=1e-5)
+
+
 def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="CUDA"):
@@ -176,7 +196,7 @@ def test_kernel_tests_pass_in_interpreter_subprocess():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-         "-k", "triton and not interpret_flag_set_after"],
+         "-k", "triton and not interpret_flag_set_after and not compiled_triton_on_cuda"],
         env=env, capture_output=True, text=True, timeout=600)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
