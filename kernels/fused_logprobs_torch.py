@@ -57,6 +57,12 @@ def forward_chunked(
         in_chunk = valid & (targets >= v0) & (targets < v1)
         local = (targets - v0).clamp(0, v1 - v0 - 1)
         target_z = torch.where(in_chunk, z.gather(1, local[:, None]).squeeze(1), target_z)
+    return finish_stats(running_max, sum_exp, sum_exp_z, target_z, valid)
+
+
+def finish_stats(running_max: torch.Tensor, sum_exp: torch.Tensor, sum_exp_z: torch.Tensor,
+                 target_z: torch.Tensor, valid: torch.Tensor) -> ForwardStats:
+    """logp, entropy, lse and E_p[z] from the online statistics after the last chunk."""
     lse = running_max + torch.log(sum_exp)
     mean_z = sum_exp_z / sum_exp
     zero = torch.zeros_like(lse)
