@@ -12,6 +12,7 @@ import random
 import re
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 
 import pytest
@@ -19,7 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from gvm_kernels.fused_logprobs import FusedLogprobsConfig, fused_logprobs, fused_logprobs_impl
+from gvm_kernels.fused_logprobs import FusedLogprobsConfig, fused_logprobs, fused_logprobs_impl, resolve_backend
 from gvm_kernels.reference import logprobs_reference, per_sequence_sq_grad_norms_reference
 
 IGNORE = -100
@@ -69,10 +70,11 @@ class Result:
 def run_fused(case: Case, *, dtype: torch.dtype, temperature: float, backend: str,
               config: FusedLogprobsConfig | None = None, with_entropy: bool = True,
               with_norms: bool = True, pass_cu_seqlens: bool = True) -> Result:
-    hidden = case.hidden.to(dtype).requires_grad_(True)
-    weight = case.weight.to(dtype).requires_grad_(True)
+    hidden = case.hidden.detach().to(dtype).requires_grad_(True)
+    weight = case.weight.detach().to(dtype).requires_grad_(True)
     num_seqs = case.cu_seqlens.numel() - 1 if pass_cu_seqlens else 1
-    sq_norms = torch.full((num_seqs,), float("nan")) if with_norms else None  # must be overwritten
+    sq_norms = (torch.full((num_seqs,), float("nan"), device=hidden.device)  # must be overwritten
+                if with_norms else None)
     out = fused_logprobs_impl(
         hidden, weight, case.targets, cu_seqlens=case.cu_seqlens if pass_cu_seqlens else None,
         temperature=temperature, ignore_index=IGNORE, return_entropy=with_entropy,
@@ -90,8 +92,8 @@ def run_fused(case: Case, *, dtype: torch.dtype, temperature: float, backend: st
 def run_reference(case: Case, *, dtype: torch.dtype, temperature: float, with_entropy: bool = True,
                   cu_seqlens: torch.Tensor | None = None) -> Result:
     """The materialised-logits reference, float64 for the oracle or bf16 for the naive baseline."""
-    hidden = case.hidden.to(dtype).requires_grad_(True)
-    weight = case.weight.to(dtype).requires_grad_(True)
+    hidden = case.hidden.detach().to(dtype).requires_grad_(True)
+    weight = case.weight.detach().to(dtype).requires_grad_(True)
     logp, entropy = logprobs_reference(hidden, weight, case.targets, temperature=temperature,
                                        ignore_index=IGNORE, return_entropy=True)
     grad_entropy = case.grad_entropy if with_entropy else torch.zeros_like(case.grad_entropy)
@@ -290,6 +292,17 @@ def test_ignored_targets_outside_vocabulary_are_accepted_and_bad_temperature_rej
         fused_logprobs(args["hidden"], args["weight"], args["targets"], temperature=0.0)
 
 
+def test_backend_dispatch(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert resolve_backend(None, torch.device("cpu")) == "torch"
+    assert resolve_backend(None, torch.device("cuda")) == "triton"
+    assert resolve_backend("torch", torch.device("cuda")) == "torch"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_backend(None, torch.device("cpu")) == "triton"
+    with pytest.raises(ValueError, match="backend"):
+        resolve_backend("cuda", torch.device("cpu"))
+
+
 # ---------------------------------------------------------------- Triton path
 # Triton's interpreter needs TRITON_INTERPRET=1 before triton is first imported (importing
 # gvm_kernels imports it), which a shared pytest process cannot promise. So the `triton_path`
@@ -387,21 +400,41 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETER,
                                 reason="compiled Triton kernels need a GPU (and no interpreter)")
 
 
-def _to_cuda(case: Case) -> Case:
-    return Case(*(t.cuda() if isinstance(t, torch.Tensor) else t for t in
+def to_device(case: Case, device: str) -> Case:
+    return Case(*(t.to(device) if isinstance(t, torch.Tensor) else t for t in
                   (case.hidden, case.weight, case.targets, case.cu_seqlens, case.grad_logp,
                    case.grad_entropy, case.seed)))
 
 
-@needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_compiled_triton_matches_reference(dtype):
-    """Default GPU block sizes, several chunks, ragged sequences, on the real compiler."""
-    case = _to_cuda(make_case([1, 300, 2, 129, 0, 77, 511], 256, 5003, dtype=dtype))
-    ours = run_fused(case, dtype=dtype, temperature=0.7, backend="triton", config=FusedLogprobsConfig(chunk_size=1024))
+def check_ragged_batch_on_device(dtype: torch.dtype, device: str, backend: str) -> None:
+    """Several chunks, ragged sequences (lengths 0, 1, and > one token block), default blocks."""
+    case = to_device(make_case([1, 300, 2, 129, 0, 77, 511], 256, 5003, dtype=dtype), device)
+    ours = run_fused(case, dtype=dtype, temperature=0.7, backend=backend, config=FusedLogprobsConfig(chunk_size=1024))
     oracle = run_reference(case, dtype=torch.float64, temperature=0.7)
     if dtype == torch.float32:
         assert_all_match(ours, oracle, case.seed)
     else:
         naive = run_reference(case, dtype=dtype, temperature=0.7)
         assert_no_worse_than_naive(ours, naive, oracle, case.seed)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_compiled_triton_matches_reference(dtype):
+    check_ragged_batch_on_device(dtype, "cuda", "triton")
+
+
+@needs_cuda
+def test_cuda_fp32_output_gemms_need_no_fallback():
+    """bf16 GEMMs with fp32 output (torch.mm / addmm out_dtype); the fallback upcasts and is slow."""
+    from gvm_kernels import fused_logprobs_triton as kernels
+    a = torch.randn(64, 32, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(32, 48, device="cuda", dtype=torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        product = kernels._mm_f32(a, b)
+        accumulated = kernels._addmm_f32(torch.ones(64, 48, device="cuda"), a, b)
+    expected = a.double() @ b.double()
+    assert product.dtype == accumulated.dtype == torch.float32
+    torch.testing.assert_close(product.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(accumulated.double(), expected + 1, rtol=1e-5, atol=1e-5)
