@@ -28,7 +28,7 @@ BACKENDS = ("torch", "triton")
 class FusedLogprobsConfig:
     """Tuning knobs. `None` means "pick for the device"; block sizes only matter to Triton."""
     chunk_size: int | None = None          # vocabulary rows per chunk; None: from the memory budget
-    chunk_budget_bytes: int | None = None  # float32 [N, chunk] block; None: 512 MiB CUDA, 32 MiB CPU
+    chunk_budget_bytes: int | None = None  # fp32 [N, chunk] logits; None: 512 MiB CUDA, 32 MiB CPU (+50% bf16 dz)
     min_chunk_size: int = 512              # below this the GEMMs get too thin to run at speed
     chunk_multiple: int = 128              # chunk sizes are rounded down to a multiple of this
     block_v: int | None = None             # row-wise kernels' vocabulary tile; None: 1024 GPU, 64 interp
