@@ -17,15 +17,19 @@ from both sides, so "45 \\text{ minutes}" still matches a gold of 45.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
-import multiprocessing
-import multiprocessing.connection
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
@@ -157,9 +161,7 @@ def scientific_to_latex(latex: str) -> str:
 
 def _normalize_gold_string(raw: str) -> str:
     if _BOX_RE.search(raw):  # a worked solution (Minerva): the answer is its last box
-        boxed = _last_box(raw)
-        if boxed:
-            return scientific_to_latex(boxed)
+        raw = _last_box(raw) or raw
     # OlympiadBench writes "$69$,$84$": drop math delimiters, keep escaped dollars (`\$18.90`).
     return scientific_to_latex(_UNESCAPED_DOLLAR_RE.sub("", raw).strip())
 
@@ -327,14 +329,18 @@ def _quiet_math_verify() -> None:
     logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, scorer_args: dict) -> None:
-    """A worker: announce readiness, then score (gold_key, [(index, completion), ...]) tasks,
-    sending back (index, reward, reason) per item, until it receives None or the pipe closes."""
+def _worker_main() -> None:
+    """A worker (`python -c ...` started by _Worker, args: socket fd, scorer args as JSON).
+
+    Announces readiness, then scores (gold_key, [(index, completion), ...]) tasks, sending back
+    (index, reward, reason) per item, until it receives None or the socket closes.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes us
+    conn = Connection(int(sys.argv[1]))
     _quiet_math_verify()
     import math_verify  # noqa: F401 - pay the sympy import before announcing readiness
 
-    scorer = _ItemScorer(**scorer_args)
+    scorer = _ItemScorer(**json.loads(sys.argv[2]))
     conn.send("ready")
     while True:
         try:
@@ -356,19 +362,12 @@ def _default_num_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def _default_start_method() -> str:
-    # forkserver: workers fork from a clean server that has math-verify imported (fast restarts);
-    # neither it nor spawn copies the parent's torch threads and locks the way fork would.
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-
-
 @dataclass(frozen=True)
 class VerifierConfig:
     num_workers: int = field(default_factory=_default_num_workers)  # 0: score in this process's main thread
     timeout_s: float = 5.0  # budget per item (extract + parse + verify), and per distinct gold's parse
     kill_grace_s: float = 2.0  # the watchdog kills a worker this long after its own alarm should have fired
     startup_timeout_s: float = 120.0  # a worker that is not ready by then is an environment failure
-    start_method: str = field(default_factory=_default_start_method)  # "forkserver" or "spawn"
     chunk_size: int = 16  # items of one gold per message: the worker parses that gold once per chunk
     max_answer_chars: int = 2000  # longer extracted answers score 0 unparsed ("too_long")
     max_brace_depth: int = 32  # deeper answers score 0 unparsed ("too_deep"): the parser recurses
@@ -382,11 +381,6 @@ class VerifierConfig:
         if self.kill_grace_s < 0 or self.startup_timeout_s <= 0:
             raise ValueError("kill_grace_s must be >= 0 and startup_timeout_s > 0, "
                              f"got {self.kill_grace_s} and {self.startup_timeout_s}")
-        if self.start_method not in ("forkserver", "spawn"):
-            raise ValueError(f"start_method must be 'forkserver' or 'spawn' (fork is unsafe once torch "
-                             f"has started threads), got {self.start_method!r}")
-        if self.start_method not in multiprocessing.get_all_start_methods():
-            raise ValueError(f"start_method {self.start_method!r} is not available on this platform; use 'spawn'")
         if self.chunk_size < 1 or self.max_answer_chars < 1 or self.max_brace_depth < 1:
             raise ValueError("chunk_size, max_answer_chars and max_brace_depth must be >= 1, got "
                              f"{self.chunk_size}, {self.max_answer_chars}, {self.max_brace_depth}")
@@ -396,56 +390,86 @@ class VerifierConfig:
                 "max_brace_depth": self.max_brace_depth, "fallbacks": self.fallbacks}
 
 
-class _Worker:
-    """One worker process, its pipe, and the chunk it is working through."""
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # the folder that holds `gvm/`
+_WORKER_CODE = "from gvm.verify import _worker_main; _worker_main()"
 
-    def __init__(self, ctx, scorer_args: dict, startup_timeout_s: float):
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child_conn, scorer_args), daemon=True,
-                                   name="gvm-verify-worker")
-        self.process.start()
-        child_conn.close()
-        self.conn = parent_conn
+
+class _Worker:
+    """One worker process, its socket, and the chunk it is working through.
+
+    A fresh interpreter that imports only this module (like multiprocessing's spawn, so nothing of
+    the parent's torch threads or locks is inherited). Unlike spawn and forkserver it does not
+    re-run the caller's main script, which in a trainer imports torch, transformers and vLLM:
+    that cost 2 s and hundreds of MB per worker (forkserver's "__main__" preload does not help on
+    Python 3.11).
+    """
+
+    def __init__(self, scorer_args: dict, startup_timeout_s: float):
+        parent_sock, child_sock = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_CODE, str(child_sock.fileno()), json.dumps(scorer_args)],
+                pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        finally:
+            child_sock.close()
+        self.conn = Connection(parent_sock.detach())
         self.ready = False
+        self.eof = False  # the socket closed: the worker is dead or dying
         self.gold_key: tuple[str, ...] | None = None
         self.items: deque[tuple[int, str]] = deque()  # sent, not yet answered, in order
         self.deadline = time.monotonic() + startup_timeout_s
 
     @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
     def busy(self) -> bool:
         return bool(self.items)
 
+    @property
+    def dead(self) -> bool:
+        return self.eof or self.process.poll() is not None
+
     def stop(self) -> None:
-        """Ask politely, then kill: a worker stuck in C code never reads its pipe."""
+        """Ask it to exit, and kill it anyway: it holds no state, and one stuck in C code would
+        never read the request."""
         try:
             self.conn.send(None)
         except (OSError, ValueError):
             pass
-        self.process.join(timeout=0.5)
         self.kill()
 
     def kill(self) -> None:
-        if self.process.is_alive():
+        if self.process.poll() is None:
             self.process.kill()
-        self.process.join(timeout=5)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass  # unkillable (e.g. stuck in the kernel): nothing more we can do
         self.conn.close()
 
 
 class Verifier:
     """Scores completions against gold answers: 1.0 when math-verify finds them equal, else 0.0.
 
-    Never raises on bad completions and never hangs: each item has `timeout_s`; a worker that
-    overruns it (stuck in C code, where SIGALRM cannot reach) is killed and replaced. Reasons are
-    counted in `stats` (see REASONS). Workers start on first use and live until `close()`.
+    Never raises on bad completions and never hangs: each item has `timeout_s` of wall time; a
+    worker that overruns it (stuck in C code, where SIGALRM cannot reach) is killed and replaced.
+    Reasons are counted in `stats` (see REASONS), replaced workers in `restarts`. Workers start on
+    first use and live until `close()`. The budget is wall time, so a heavily oversubscribed
+    machine turns a few slow items into timeouts: 3 of 10,844 MATH500 answer pairs at 5 s with
+    2 workers on 2 cores shared with ~6 other busy processes.
     `num_workers=0` scores in the calling thread, which must be the main thread; its timeouts
     cannot interrupt C code, so use it for small, trusted jobs and tests.
     """
 
     def __init__(self, config: VerifierConfig | None = None, **overrides):
         self.config = replace(config or VerifierConfig(), **overrides)
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter()  # items by reason (REASONS)
+        self.restarts: Counter[str] = Counter()  # workers replaced: "killed" (overran), "died"
         self._workers: list[_Worker] = []
-        self._ctx = None
         self._in_process: _ItemScorer | None = None
         self._lock = threading.Lock()  # one score() at a time: the pool is not re-entrant
 
@@ -484,7 +508,7 @@ class Verifier:
         return self
 
     def worker_pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers]
+        return [w.pid for w in self._workers]
 
     def close(self) -> None:
         """Stop the workers. The verifier can be used again: it restarts them on demand."""
@@ -524,16 +548,11 @@ class Verifier:
     # -- pool mode -----------------------------------------------------------------------------
 
     def _new_worker(self) -> _Worker:
-        if self._ctx is None:
-            self._ctx = multiprocessing.get_context(self.config.start_method)
-            if self.config.start_method == "forkserver":
-                # Takes effect only if the fork server has not started yet (it is per process).
-                self._ctx.set_forkserver_preload(["math_verify", __name__])
-        return _Worker(self._ctx, self.config.scorer_args(), self.config.startup_timeout_s)
+        return _Worker(self.config.scorer_args(), self.config.startup_timeout_s)
 
     def _ensure_workers(self) -> None:
         """Start missing workers and wait until all are ready (imports done)."""
-        self._workers = [w for w in self._workers if w.process.is_alive()]
+        self._workers = [w for w in self._workers if not w.dead]
         while len(self._workers) < self.config.num_workers:
             self._workers.append(self._new_worker())
         for w in self._workers:
@@ -549,14 +568,11 @@ class Verifier:
                     return
             except (EOFError, OSError):
                 pass
-        w.process.join(timeout=1)
-        exitcode = w.process.exitcode
         w.kill()
         self._workers.remove(w)
-        raise RuntimeError(f"a verifier worker ({self.config.start_method}) did not start within "
-                           f"{self.config.startup_timeout_s} s (exit code {exitcode}); a script that starts "
-                           f"workers needs an `if __name__ == '__main__':` guard, and math_verify "
-                           f"must import in a fresh python process")
+        raise RuntimeError(f"a verifier worker did not start within {self.config.startup_timeout_s} s "
+                           f"(exit code {w.process.returncode}); check that `{sys.executable} -c "
+                           f"'{_WORKER_CODE.split(';')[0]}'` works (its error is printed above)")
 
     def _replace(self, w: _Worker) -> None:
         w.kill()
@@ -602,6 +618,7 @@ class Verifier:
                 key, items = tasks.popleft()
                 if not self._dispatch(self._workers[slot], key, items):
                     tasks.appendleft((key, items))
+                    self.restarts["died"] += 1
                     self._replace(self._workers[slot])
 
     def _watch(self, tasks: deque, results: list) -> None:
@@ -610,13 +627,12 @@ class Verifier:
         if not busy:
             return
         wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-        multiprocessing.connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy],
-                                        timeout=wait_s)
+        wait([w.conn for w in busy], timeout=wait_s)  # a dying worker's socket reads as EOF
         for w in busy:
             self._collect(w, results)
             if not w.busy:
                 continue
-            dead = not w.process.is_alive()
+            dead = w.dead
             if dead or time.monotonic() > w.deadline:
                 # The item at the head of the chunk is the one that hung or crashed the worker.
                 index, _ = w.items.popleft()
@@ -624,6 +640,7 @@ class Verifier:
                 if w.items:
                     tasks.appendleft((w.gold_key, list(w.items)))
                 w.items.clear()
+                self.restarts["died" if dead else "killed"] += 1
                 self._replace(w)
 
     def _collect(self, w: _Worker, results: list) -> None:
@@ -637,4 +654,4 @@ class Verifier:
                 results[index] = (reward, reason)
                 w.deadline = time.monotonic() + self.config.timeout_s + self.config.kill_grace_s
         except (EOFError, OSError):
-            pass  # died mid-chunk: the caller sees the dead process
+            w.eof = True  # died mid-chunk: the caller replaces it
