@@ -28,11 +28,10 @@ import subprocess
 import sys
 import threading
 import time
-from multiprocessing.connection import Connection, wait
-from pathlib import Path
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Sequence
+from multiprocessing.connection import Connection, wait
+from typing import Sequence
 
 Gold = str | int | float | Sequence[str]
 
@@ -40,8 +39,11 @@ Gold = str | int | float | Sequence[str]
 # Answer extraction
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])(\s*)")
-# "the final answer is X", "answer: X"; X runs to the end of its line.
-_ANSWER_PHRASE_RE = re.compile(r"(?:final\s+answer|the\s+answer)\s*(?:is|:)\s*:?\s*([^\n]+)", re.IGNORECASE)
+# "the final answer is X", "the answer is: X", "Answer: X"; X runs to the end of its line.
+_ANSWER_PHRASE_RE = re.compile(r"(?:(?:final|the)\s+answer\s*(?:is\b|:)|\banswer\s*:)\s*:?\s*([^\n]+)",
+                               re.IGNORECASE)
+_MATH_SPAN_WINDOW = 4000  # characters at the end of a completion searched for a last math span
+_SENTENCE_END_RE = re.compile(r"(?<!\\)\.(?:\s|$)")
 _MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.DOTALL)
 _BARE_BOX_TOKEN_RE = re.compile(r"[^\s$]+")
 
@@ -67,8 +69,11 @@ def _matching_braces(text: str) -> dict[int, int]:
     return match
 
 
-def _box_contents(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, content) of every balanced box, in order of start; unbalanced ones skipped."""
+def _boxes(text: str) -> list[tuple[int, int, int, int]]:
+    """(box start, box end, content start, content end) of every balanced box, by start.
+
+    Unbalanced boxes are skipped. Linear in len(text).
+    """
     starts = list(_BOX_RE.finditer(text))
     if not starts:
         return []
@@ -79,39 +84,36 @@ def _box_contents(text: str) -> list[tuple[int, int, str]]:
         if text.startswith("{", open_at):
             close_at = closing.get(open_at)
             if close_at is not None:
-                boxes.append((m.start(), close_at + 1, text[open_at + 1:close_at]))
+                boxes.append((m.start(), close_at + 1, open_at + 1, close_at))
         elif m.group(1):  # `\boxed 5`: TeX takes the next token as the argument
             token = _BARE_BOX_TOKEN_RE.match(text, open_at)
             if token:
-                boxes.append((m.start(), token.end(), token.group(0).rstrip(".")))
+                content_end = open_at + len(token.group(0).rstrip("."))
+                boxes.append((m.start(), token.end(), open_at, content_end))
     return boxes
 
 
 def _last_box(text: str) -> str | None:
-    """Content of the last top-level balanced box (a box inside another box is not top level)."""
-    boxes = _box_contents(text)
-    top_level = []
-    for start, end, content in boxes:
-        if top_level and start < top_level[-1][1]:
-            continue  # nested inside the previous top-level box
-        top_level.append((start, end, content))
-    if not top_level:
+    """Content of the last top-level balanced box (a box inside another box is not top level),
+    with `\boxed{\boxed{5}}` unwrapped to 5."""
+    boxes = _boxes(text)
+    last = None
+    for box in boxes:
+        if last is None or box[0] >= last[1]:
+            last = box
+    if last is None:
         return None
-    content = top_level[-1][2].strip()
-    while True:  # unwrap `\boxed{\boxed{5}}`
-        inner = _box_contents(content)
-        if len(inner) == 1 and inner[0][0] == 0 and inner[0][1] == len(content):
-            content = inner[0][2].strip()
-        else:
-            return content
-
-
-def _strip_math_delimiters(answer: str) -> str:
-    answer = answer.strip().rstrip(".").strip()
-    for left, right in (("$$", "$$"), ("$", "$"), ("\\[", "\\]"), ("\\(", "\\)")):
-        if answer.startswith(left) and answer.endswith(right) and len(answer) > len(left) + len(right):
-            return answer[len(left):-len(right)].strip()
-    return answer
+    by_start = {box[0]: box for box in boxes}
+    lo, hi = last[2], last[3]
+    while True:
+        while lo < hi and text[lo].isspace():
+            lo += 1
+        while hi > lo and text[hi - 1].isspace():
+            hi -= 1
+        inner = by_start.get(lo)
+        if inner is None or inner[1] != hi:
+            return text[lo:hi]
+        lo, hi = inner[2], inner[3]
 
 
 def extract_answer(text: str, *, fallbacks: bool = True) -> str | None:
@@ -132,14 +134,23 @@ def extract_answer(text: str, *, fallbacks: bool = True) -> str | None:
     phrases = list(_ANSWER_PHRASE_RE.finditer(text))
     if phrases:
         answer = phrases[-1].group(1).strip()
-        # "X. Because ..." -> "X": cut at the first sentence end outside math.
-        sentence_end = re.search(r"(?<![0-9\\])\.(\s|$)", answer)
-        if sentence_end and answer.count("$", 0, sentence_end.start()) % 2 == 0:
-            answer = answer[:sentence_end.start()]
-        answer = _strip_math_delimiters(answer)
+        math_first = _MATH_SPAN_RE.match(answer)
+        if math_first:  # "$X$ since ..." -> X
+            answer = next(g for g in math_first.groups() if g is not None)
+        else:  # "X. I hope it is correct." -> X: cut at the first sentence end outside math
+            dollars, counted_to = 0, 0
+            for end in _SENTENCE_END_RE.finditer(answer):
+                dollars += answer.count("$", counted_to, end.start())
+                counted_to = end.start()
+                if dollars % 2 == 0:
+                    answer = answer[:end.start()]
+                    break
+        answer = answer.strip().rstrip(".").strip()
         if answer:
             return answer
-    spans = list(_MATH_SPAN_RE.finditer(text))
+    # The last math span, looked for near the end only: a lazy regex over a long text full of
+    # unclosed `\(` would take quadratic time.
+    spans = list(_MATH_SPAN_RE.finditer(text[-_MATH_SPAN_WINDOW:]))
     if spans:
         last = next(g for g in spans[-1].groups() if g is not None).strip()
         return last or None
@@ -330,17 +341,17 @@ def _quiet_math_verify() -> None:
 
 
 def _worker_main() -> None:
-    """A worker (`python -c ...` started by _Worker, args: socket fd, scorer args as JSON).
+    """A worker (`python -c ...` started by _Worker; argv: this file, socket fd, scorer args as JSON).
 
     Announces readiness, then scores (gold_key, [(index, completion), ...]) tasks, sending back
     (index, reward, reason) per item, until it receives None or the socket closes.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes us
-    conn = Connection(int(sys.argv[1]))
+    conn = Connection(int(sys.argv[2]))
     _quiet_math_verify()
     import math_verify  # noqa: F401 - pay the sympy import before announcing readiness
 
-    scorer = _ItemScorer(**json.loads(sys.argv[2]))
+    scorer = _ItemScorer(**json.loads(sys.argv[3]))
     conn.send("ready")
     while True:
         try:
@@ -390,28 +401,30 @@ class VerifierConfig:
                 "max_brace_depth": self.max_brace_depth, "fallbacks": self.fallbacks}
 
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # the folder that holds `gvm/`
-_WORKER_CODE = "from gvm.verify import _worker_main; _worker_main()"
+# The worker loads this file by path, not `gvm.verify`: the package's __init__ may import torch.
+_WORKER_CODE = ("import importlib.util, sys; "
+                "spec = importlib.util.spec_from_file_location('_gvm_verify_worker', sys.argv[1]); "
+                "module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module; "
+                "spec.loader.exec_module(module); module._worker_main()")
 
 
 class _Worker:
     """One worker process, its socket, and the chunk it is working through.
 
-    A fresh interpreter that imports only this module (like multiprocessing's spawn, so nothing of
-    the parent's torch threads or locks is inherited). Unlike spawn and forkserver it does not
-    re-run the caller's main script, which in a trainer imports torch, transformers and vLLM:
-    that cost 2 s and hundreds of MB per worker (forkserver's "__main__" preload does not help on
-    Python 3.11).
+    A fresh interpreter that runs only this file (like multiprocessing's spawn, so nothing of the
+    parent's torch threads or locks is inherited). Unlike spawn and forkserver it does not re-run
+    the caller's main script, which in a trainer imports torch, transformers and vLLM: measured
+    2 s more per worker start with torch alone (forkserver's "__main__" preload does not help on
+    Python 3.11), and hundreds of MB per worker.
     """
 
     def __init__(self, scorer_args: dict, startup_timeout_s: float):
         parent_sock, child_sock = socket.socketpair()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_CODE, str(child_sock.fileno()), json.dumps(scorer_args)],
-                pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL, env=env)
+                [sys.executable, "-c", _WORKER_CODE, os.path.abspath(__file__), str(child_sock.fileno()),
+                 json.dumps(scorer_args)],
+                pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL)
         finally:
             child_sock.close()
         self.conn = Connection(parent_sock.detach())
@@ -571,8 +584,8 @@ class Verifier:
         w.kill()
         self._workers.remove(w)
         raise RuntimeError(f"a verifier worker did not start within {self.config.startup_timeout_s} s "
-                           f"(exit code {w.process.returncode}); check that `{sys.executable} -c "
-                           f"'{_WORKER_CODE.split(';')[0]}'` works (its error is printed above)")
+                           f"(exit code {w.process.returncode}); its error, if any, is printed above; "
+                           f"check that `{sys.executable} -c 'import math_verify'` works")
 
     def _replace(self, w: _Worker) -> None:
         w.kill()

@@ -145,6 +145,10 @@ def test_extract_answer_boxes(text, expected):
     ("Adding them, the answer is 42.", "42"),
     (r"Therefore, the final answer is $\frac{3}{4}$. I hope it is correct.", r"\frac{3}{4}"),
     ("Final Answer: 3.5", "3.5"),
+    ("Answer: x = 5. Because the sum is 10.", "x = 5"),
+    (r"The answer is $\frac{1}{2}. $ Then we stop.", r"\frac{1}{2}"),
+    ("The answer is\n$$x = 12$$", "x = 12"),
+    ("the answer isn't 4; we get $7$", "7"),
     (r"we get $x = 2$ and then $y = 7$", "y = 7"),
     (r"so \[ z = 9 \]", "z = 9"),
 ])
@@ -234,7 +238,23 @@ def _pathological_inputs() -> list[str]:
         junk,
         r"\boxed{" + junk + "}",
         r"\boxed{\frac{\sqrt{}{}}^^_{\left(}",
-    ]
+    ] + EXTRACTION_WORST_CASES
+
+
+# Inputs that would make a naive extractor quadratic (each 200 kB or more).
+EXTRACTION_WORST_CASES = [
+    r"\boxed{" * 5000 + "1" + "}" * 5000,  # 5000 nested boxes: the answer is 1
+    r"\(" * 100_000,  # unclosed math spans
+    "the answer is $" + ". " * 100_000,  # sentence ends inside math
+    r"\boxed{" * 30_000,  # unbalanced boxes
+]
+
+
+def test_extract_answer_is_fast_on_worst_cases():
+    start = time.monotonic()
+    answers = [extract_answer(text) for text in EXTRACTION_WORST_CASES]
+    assert answers[0] == "1" and answers[1] is None and answers[3] is None
+    assert time.monotonic() - start < 2.0  # linear: ~0.2 s; quadratic would take minutes
 
 
 def _assert_pathological_score_zero_quickly(verifier: Verifier) -> None:
