@@ -38,6 +38,7 @@ class FusedLogprobsConfig:
     dw_block_k: int | None = None          # dW GEMM token step; None: 64 GPU, 16 interp
     dw_num_warps: int = 8
     dw_num_stages: int = 3
+    dw_flat_loop: bool = False             # one pipelined loop over all sequences' token blocks
 
     def __post_init__(self) -> None:
         if self.chunk_size is not None and self.chunk_size < 1:

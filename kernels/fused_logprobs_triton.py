@@ -120,8 +120,9 @@ def _dw_seqnorm_kernel(
     dw_ptr, dw_stride,          # [Vc, d] grad_weight rows of this chunk
     cu_seqlens_ptr,             # [B + 1] int32
     partial_ptr,                # [num_tiles, B] float32: ||P_b||^2 of each output tile
-    num_seqs, chunk_len, dim,
-    STORE_DW: tl.constexpr, DOT_PRECISION: tl.constexpr, BF16_BY_HAND: tl.constexpr,
+    block_start_ptr, block_end_ptr, block_flush_ptr,  # FLAT_LOOP: [num_blocks] token blocks
+    num_seqs, num_blocks, chunk_len, dim,
+    STORE_DW: tl.constexpr, DOT_PRECISION: tl.constexpr, BF16_BY_HAND: tl.constexpr, FLAT_LOOP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """dW tile = sum_b P_b with P_b = sum_{t in b} dz_t h_t^T; writes ||P_b||_F^2 per (tile, b)."""
@@ -141,25 +142,47 @@ def _dw_seqnorm_kernel(
     mask_m = offs_m < chunk_len
     mask_n = offs_n < dim
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for b in range(0, num_seqs):
-        seq_start = tl.load(cu_seqlens_ptr + b)
-        seq_end = tl.load(cu_seqlens_ptr + b + 1)
+    if FLAT_LOOP:
+        # One loop over every sequence's token blocks (precomputed on the host), so the software
+        # pipeline keeps loading across sequence boundaries instead of restarting per sequence.
         part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(seq_start, seq_end, BLOCK_K):
-            tokens = k0 + offs_k
-            mask_k = tokens < seq_end
+        for i in range(0, num_blocks):
+            tokens = tl.load(block_start_ptr + i) + offs_k
+            mask_k = tokens < tl.load(block_end_ptr + i)
             tokens = tokens.to(tl.int64)
-            # dz^T tile [BLOCK_M, BLOCK_K], read through strides (contiguous along the vocabulary)
             dz_t = tl.load(dz_ptr + tokens[None, :] * dz_stride + offs_m[:, None],
                            mask=mask_k[None, :] & mask_m[:, None], other=0.0)
             h = tl.load(hidden_ptr + tokens[:, None] * hidden_stride + offs_n[None, :],
                         mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-            if BF16_BY_HAND:  # the interpreter's dot reads bf16 as raw bits; fp32 products are exact
+            if BF16_BY_HAND:
                 dz_t = dz_t.to(tl.float32)
                 h = h.to(tl.float32)
             part = tl.dot(dz_t, h, part, input_precision=DOT_PRECISION)
-        tl.store(partial_ptr + pid * num_seqs + b, tl.sum(part * part))
-        acc += part
+            flush_seq = tl.load(block_flush_ptr + i)  # sequence index at its last block, else -1
+            if flush_seq >= 0:
+                tl.store(partial_ptr + pid * num_seqs + flush_seq, tl.sum(part * part))
+                acc += part
+                part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        for b in range(0, num_seqs):
+            seq_start = tl.load(cu_seqlens_ptr + b)
+            seq_end = tl.load(cu_seqlens_ptr + b + 1)
+            part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for k0 in range(seq_start, seq_end, BLOCK_K):
+                tokens = k0 + offs_k
+                mask_k = tokens < seq_end
+                tokens = tokens.to(tl.int64)
+                # dz^T tile [BLOCK_M, BLOCK_K], read through strides (contiguous along the vocabulary)
+                dz_t = tl.load(dz_ptr + tokens[None, :] * dz_stride + offs_m[:, None],
+                               mask=mask_k[None, :] & mask_m[:, None], other=0.0)
+                h = tl.load(hidden_ptr + tokens[:, None] * hidden_stride + offs_n[None, :],
+                            mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+                if BF16_BY_HAND:  # the interpreter's dot reads bf16 as raw bits; fp32 products are exact
+                    dz_t = dz_t.to(tl.float32)
+                    h = h.to(tl.float32)
+                part = tl.dot(dz_t, h, part, input_precision=DOT_PRECISION)
+            tl.store(partial_ptr + pid * num_seqs + b, tl.sum(part * part))
+            acc += part
     if STORE_DW:
         dw_ptrs = dw_ptr + offs_m[:, None].to(tl.int64) * dw_stride + offs_n[None, :]
         if BF16_BY_HAND:
@@ -241,6 +264,19 @@ def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         out.copy_(torch.mm(a.float(), b.float()))
 
 
+def token_blocks(cu_seqlens: torch.Tensor, block_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every sequence cut into token blocks of at most block_k: (start, end, flush) per block,
+    where flush is the sequence's index on its last block and -1 elsewhere (int32 each)."""
+    starts, ends = cu_seqlens[:-1].long(), cu_seqlens[1:].long()
+    counts = (ends - starts + block_k - 1) // block_k
+    seq = torch.repeat_interleave(torch.arange(counts.numel(), device=cu_seqlens.device), counts)
+    first_block = torch.cumsum(counts, 0) - counts
+    within = torch.arange(seq.numel(), device=cu_seqlens.device) - first_block[seq]
+    block_start = starts[seq] + within * block_k
+    flush = torch.where(within == counts[seq] - 1, seq, torch.full_like(seq, -1))
+    return block_start.int(), ends[seq].int(), flush.int()
+
+
 # ---------------------------------------------------------------- forward and backward
 def forward_chunked(
     hidden: torch.Tensor,
@@ -316,6 +352,7 @@ def backward_chunked(
     if want_norms:
         norms = torch.zeros(num_seqs, dtype=torch.float32, device=hidden.device)
         cu32 = cu_seqlens.to(torch.int32).contiguous()
+        blocks = token_blocks(cu32, block_k) if config.dw_flat_loop else (cu32, cu32, cu32)
     # dz lives in the inputs' dtype (half the bytes for the two GEMMs that read it). For fp32 inputs
     # it overwrites the logits block; for half precision it gets its own block, since a narrower
     # dz written over the fp32 row would land on elements other warps of the program still read.
@@ -339,12 +376,13 @@ def backward_chunked(
         if want_norms:
             dw_chunk = grad_weight[v0:v1] if grad_weight is not None else dz  # dz: unused pointer
             num_tiles = triton.cdiv(chunk_len, block_m) * triton.cdiv(dim, block_n)
-            partials = torch.empty(num_tiles, num_seqs, dtype=torch.float32, device=hidden.device)
+            # zeros: in the flat loop an empty sequence has no block and is never written
+            partials = torch.zeros(num_tiles, num_seqs, dtype=torch.float32, device=hidden.device)
             _dw_seqnorm_kernel[(num_tiles,)](
                 dz, dz.stride(0), hidden, hidden.stride(0), dw_chunk, dw_chunk.stride(0), cu32, partials,
-                num_seqs, chunk_len, dim, STORE_DW=grad_weight is not None,
+                *blocks, num_seqs, blocks[0].numel(), chunk_len, dim, STORE_DW=grad_weight is not None,
                 DOT_PRECISION="ieee" if hidden.dtype == torch.float32 else "tf32",
-                BF16_BY_HAND=_bf16_by_hand(hidden),
+                BF16_BY_HAND=_bf16_by_hand(hidden), FLAT_LOOP=config.dw_flat_loop,
                 BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
                 num_warps=config.dw_num_warps, num_stages=config.dw_num_stages)
             norms += partials.sum(dim=0)
