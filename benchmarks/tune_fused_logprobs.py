@@ -20,7 +20,7 @@ from bench_kernels import make_inputs  # noqa: E402
 
 from gvm_kernels.fused_logprobs import FusedLogprobsConfig, fused_logprobs_impl  # noqa: E402
 
-CONFIGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, flat loop)
+CONFIGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, flat loop[, transposed load])
     (128, 128, 64, 8, 3, False), (128, 128, 64, 8, 3, True), (128, 128, 64, 8, 4, True),
     (128, 128, 32, 8, 4, True), (128, 256, 64, 8, 3, True), (256, 128, 64, 8, 3, True),
     (128, 128, 64, 4, 4, True), (64, 128, 64, 4, 4, True), (128, 64, 64, 4, 4, True),
@@ -48,17 +48,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="8192x4096x151936")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--single-sequence", action="store_true",
+                        help="one sequence over all tokens: the dW kernel's plain GEMM speed")
     args = parser.parse_args()
     n, d, v = (int(s) for s in args.shape.split("x"))
     x = make_inputs(n, d, v, torch.bfloat16, "cuda")
+    if args.single_sequence:
+        x["cu_seqlens"] = torch.tensor([0, n], dtype=torch.int32, device="cuda")
     base, _ = backward_time(x, None, False, args.reps)
     _, reference_norms = backward_time(x, FusedLogprobsConfig(), True, 1)
     print(f"backward without norms: {base * 1e3:.2f} ms", flush=True)
     rows, table = [dict(case=f"no-norms@{args.shape}", metric="bwd_s", value=base, unit="s")], []
-    for bm, bn, bk, warps, stages, flat in CONFIGS:
+    for bm, bn, bk, warps, stages, flat, *trans in CONFIGS:
+        trans = bool(trans and trans[0])
         cfg = FusedLogprobsConfig(dw_block_m=bm, dw_block_n=bn, dw_block_k=bk, dw_num_warps=warps,
-                                  dw_num_stages=stages, dw_flat_loop=flat)
-        name = f"{bm}x{bn}x{bk} w{warps} s{stages}{' flat' if flat else ''}"
+                                  dw_num_stages=stages, dw_flat_loop=flat, dw_trans_load=trans)
+        name = f"{bm}x{bn}x{bk} w{warps} s{stages}{' flat' if flat else ''}{' trans' if trans else ''}"
         try:
             t, norms = backward_time(x, cfg, True, args.reps)
         except Exception as exc:  # a config that does not compile (shared memory, registers)

@@ -34,11 +34,12 @@ class FusedLogprobsConfig:
     block_v: int | None = None             # row-wise kernels' vocabulary tile; None: 1024 GPU, 64 interp
     rowwise_num_warps: int = 4             # warps of the row-wise (stats / dz) kernels
     dw_block_m: int | None = None          # dW GEMM tile rows (vocab); None: 128 GPU, 16 interp
-    dw_block_n: int | None = None          # dW GEMM tile cols (hidden); None: 128 GPU, 16 interp
+    dw_block_n: int | None = None          # dW GEMM tile cols (hidden); None: 256 GPU, 16 interp
     dw_block_k: int | None = None          # dW GEMM token step; None: 64 GPU, 16 interp
     dw_num_warps: int = 8
     dw_num_stages: int = 3
-    dw_flat_loop: bool = False             # one pipelined loop over all sequences' token blocks
+    dw_flat_loop: bool = False             # one loop over all sequences' token blocks (slower on H100)
+    dw_trans_load: bool = False            # load dz as stored and transpose in registers
 
     def __post_init__(self) -> None:
         if self.chunk_size is not None and self.chunk_size < 1:

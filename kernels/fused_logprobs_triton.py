@@ -122,7 +122,7 @@ def _dw_seqnorm_kernel(
     partial_ptr,                # [num_tiles, B] float32: ||P_b||^2 of each output tile
     block_start_ptr, block_end_ptr, block_flush_ptr,  # FLAT_LOOP: [num_blocks] token blocks
     num_seqs, num_blocks, chunk_len, dim,
-    STORE_DW: tl.constexpr, DOT_PRECISION: tl.constexpr, BF16_BY_HAND: tl.constexpr, FLAT_LOOP: tl.constexpr,
+    STORE_DW: tl.constexpr, DOT_PRECISION: tl.constexpr, BF16_BY_HAND: tl.constexpr, FLAT_LOOP: tl.constexpr, TRANS_LOAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """dW tile = sum_b P_b with P_b = sum_{t in b} dz_t h_t^T; writes ||P_b||_F^2 per (tile, b)."""
@@ -172,9 +172,12 @@ def _dw_seqnorm_kernel(
                 tokens = k0 + offs_k
                 mask_k = tokens < seq_end
                 tokens = tokens.to(tl.int64)
-                # dz^T tile [BLOCK_M, BLOCK_K], read through strides (contiguous along the vocabulary)
-                dz_t = tl.load(dz_ptr + tokens[None, :] * dz_stride + offs_m[:, None],
-                               mask=mask_k[None, :] & mask_m[:, None], other=0.0)
+                if TRANS_LOAD:  # dz tile [BLOCK_K, BLOCK_M] as stored, transposed in registers
+                    dz_t = tl.trans(tl.load(dz_ptr + tokens[:, None] * dz_stride + offs_m[None, :],
+                                            mask=mask_k[:, None] & mask_m[None, :], other=0.0))
+                else:  # dz^T tile [BLOCK_M, BLOCK_K], read through strides (contiguous along the vocabulary)
+                    dz_t = tl.load(dz_ptr + tokens[None, :] * dz_stride + offs_m[:, None],
+                                   mask=mask_k[None, :] & mask_m[:, None], other=0.0)
                 h = tl.load(hidden_ptr + tokens[:, None] * hidden_stride + offs_n[None, :],
                             mask=mask_k[:, None] & mask_n[None, :], other=0.0)
                 if BF16_BY_HAND:  # the interpreter's dot reads bf16 as raw bits; fp32 products are exact
@@ -334,7 +337,7 @@ def backward_chunked(
     on_gpu = _on_gpu(hidden)
     block_v = _pick(config.block_v, 1024, 128, on_gpu)
     block_m = _pick(config.dw_block_m, 128, 32, on_gpu)
-    block_n = _pick(config.dw_block_n, 128, 32, on_gpu)
+    block_n = _pick(config.dw_block_n, 256, 32, on_gpu)
     block_k = _pick(config.dw_block_k, 64, 16, on_gpu)
     inv_t = 1.0 / temperature
     zero = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -382,7 +385,7 @@ def backward_chunked(
                 dz, dz.stride(0), hidden, hidden.stride(0), dw_chunk, dw_chunk.stride(0), cu32, partials,
                 *blocks, num_seqs, blocks[0].numel(), chunk_len, dim, STORE_DW=grad_weight is not None,
                 DOT_PRECISION="ieee" if hidden.dtype == torch.float32 else "tf32",
-                BF16_BY_HAND=_bf16_by_hand(hidden), FLAT_LOOP=config.dw_flat_loop,
+                BF16_BY_HAND=_bf16_by_hand(hidden), FLAT_LOOP=config.dw_flat_loop, TRANS_LOAD=config.dw_trans_load,
                 BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
                 num_warps=config.dw_num_warps, num_stages=config.dw_num_stages)
             norms += partials.sum(dim=0)
