@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
@@ -349,6 +350,7 @@ def _worker_main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes us
     conn = Connection(int(sys.argv[2]))
     _quiet_math_verify()
+    warnings.simplefilter("ignore")  # sympy's warnings on odd inputs would flood the trainer's stderr
     import math_verify  # noqa: F401 - pay the sympy import before announcing readiness
 
     scorer = _ItemScorer(**json.loads(sys.argv[3]))
@@ -501,6 +503,8 @@ class Verifier:
         for i, completion in enumerate(completions):
             if not isinstance(completion, str):
                 raise ValueError(f"completions[{i}] must be a str, got {type(completion).__name__}")
+        if not completions:
+            return [], []
         keys: dict[int, tuple[str, ...]] = {}  # id(gold) -> key: normalise each gold object once
         gold_keys = [keys[id(g)] if id(g) in keys else keys.setdefault(id(g), _gold_key(g)) for g in golds]
         with self._lock:

@@ -98,6 +98,7 @@ def scored_file(request, eval_dir, pool):
 # ----------------------------------------------------------------------------------------------
 # The evaluation files
 
+@pytest.mark.slow
 def test_own_gold_scores_one(scored_file):
     name, golds = scored_file["name"], scored_file["golds"]
     rewards, reasons = scored_file["self"]
@@ -109,6 +110,7 @@ def test_own_gold_scores_one(scored_file):
     assert rate >= SELF_CONSISTENCY_MIN[name], failures[:20]
 
 
+@pytest.mark.slow
 def test_different_value_scores_zero(scored_file):
     name = scored_file["name"]
     rewards, reasons = scored_file["wrong"]
@@ -287,6 +289,7 @@ def test_slow_input_times_out_and_pool_goes_on(strict_pool):
     assert elapsed < 1.0 + 4.0
 
 
+@pytest.mark.slow
 def test_stuck_worker_is_killed_and_replaced(strict_pool):
     """A worker that cannot run its SIGALRM handler (here: stopped, as if stuck in C code)."""
     stuck = strict_pool.worker_pids()[0]  # the first chunk goes to the first worker
@@ -302,6 +305,7 @@ def test_stuck_worker_is_killed_and_replaced(strict_pool):
     assert elapsed < 2.5 + 8.0
 
 
+@pytest.mark.slow
 def test_dead_worker_is_replaced(strict_pool):
     # Dead while idle: its chunk goes to a fresh worker, nothing is lost.
     idle = strict_pool.worker_pids()[0]
