@@ -1,0 +1,186 @@
+"""The causal LM as the trainer runs it: packed tokens in, per-token log-probs out.
+
+`model.lm_head` is replaced (before DeepSpeed wraps the model) by `FusedLMHead`, which keeps the
+same `weight` Parameter - HF names and saving are unchanged (`lm_head.weight`), and with tied
+embeddings it stays the very tensor `embed_tokens.weight` - and whose forward calls
+`gvm_kernels.fused_logprobs`. Because the kernel runs inside a module's forward, ZeRO-3 gathers the
+head weight for it like for any layer, and the N x V logits are never materialised, in training
+or in log-prob passes.
+
+`PackedPolicy` is the module handed to DeepSpeed: it owns the HF body (`model`) and the fused head
+(`lm_head`), so its parameter names are the HF ones. Its forward embeds the packed ids itself,
+which gives the trainer the embedding output (through a `Capture`) for the per-sample embedding
+norms and for statistics-only backward passes.
+
+Attention never crosses sequences:
+- "packed": one body call over the whole [1, N] stream with position ids restarting per sequence.
+  transformers turns that into flash-attention varlen (GPU, flash_attention_2) or, for SDPA, into
+  a block-diagonal causal mask (N x N booleans).
+- "grouped": sequences of equal length are stacked into [g, L] batches, one body call per length,
+  plain causal SDPA; no N x N mask but one call (and ZeRO-3 gather) per distinct length.
+"auto" picks "packed": measured on CPU, 2 cores (forward+backward of the body, fp32, SDPA):
+tiny model (hidden 64, 2 layers) 16 sequences of 20-200 tokens: packed 3.4 s vs grouped 18.6 s;
+8 of 100-500: 1.7 s vs 13.6 s; ~50M model (hidden 512, 8 layers) 16 of 20-200: 21.2 s vs 15.7 s
+(the machine was shared, so only the ratios mean anything). See `measure_attention` in
+benchmarks/bench_trainer.py for the trainer-level figures.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from gvm_kernels.fused_logprobs import fused_logprobs
+
+from .packing import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+
+class FusedLMHead(nn.Module):
+    """Drop-in for `lm_head`: the same weight, forward = fused log-probs of the targets."""
+
+    def __init__(self, weight: nn.Parameter, temperature: float = 1.0):
+        super().__init__()
+        self.weight = weight
+        self.temperature = temperature
+
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
+                sq_grad_norms_out: torch.Tensor | None = None, return_entropy: bool = False):
+        """hidden [N, d], targets [N] (IGNORE_INDEX: no loss) -> float32 logp [N] (, entropy [N])."""
+        return fused_logprobs(hidden, self.weight, targets, cu_seqlens=cu_seqlens, temperature=self.temperature,
+                              ignore_index=IGNORE_INDEX, return_entropy=return_entropy,
+                              sq_grad_norms_out=sq_grad_norms_out)
+
+
+class Capture:
+    """Filled by `PackedPolicy.forward`: the embedding output and the final hidden states as the
+    graph uses them (ZeRO-3 wraps a module's returned tensors, so these are only reachable here),
+    and, when `embed_grad` is asked for, the gradient that reaches the embedding output."""
+
+    def __init__(self, want_embed_grad: bool = False):
+        self.want_embed_grad = want_embed_grad
+        self.embeds: torch.Tensor | None = None   # [N, d]
+        self.hidden: torch.Tensor | None = None   # [N, d]
+        self.embed_grad: torch.Tensor | None = None
+
+    def _store_grad(self, grad: torch.Tensor) -> None:
+        # Accumulate: with non-reentrant checkpointing the hook still fires once per backward.
+        self.embed_grad = grad.detach() if self.embed_grad is None else self.embed_grad + grad.detach()
+
+
+class PolicyOutput(NamedTuple):
+    logp: torch.Tensor                 # [N] float32, 0 where targets == IGNORE_INDEX
+    entropy: torch.Tensor | None       # [N] float32 when asked for
+
+
+class PackedPolicy(nn.Module):
+    """HF body + fused head over one packed stream (see module doc)."""
+
+    def __init__(self, causal_lm: nn.Module, attention: str = "packed"):
+        super().__init__()
+        if attention not in ("packed", "grouped"):
+            raise ValueError(f"attention must be 'packed' or 'grouped', got {attention!r}")
+        if not isinstance(causal_lm.lm_head, FusedLMHead):
+            raise ValueError("replace causal_lm.lm_head with FusedLMHead first (use_fused_head)")
+        self.model = causal_lm.model
+        self.lm_head = causal_lm.lm_head
+        self.attention = attention
+
+    def _body_packed(self, embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        out = self.model(inputs_embeds=embeds[None], position_ids=position_ids[None], use_cache=False)
+        return out.last_hidden_state[0]
+
+    def _body_grouped(self, embeds: torch.Tensor, seq_bounds: list[int]) -> torch.Tensor:
+        by_length: dict[int, list[int]] = {}
+        for b, (start, end) in enumerate(zip(seq_bounds[:-1], seq_bounds[1:])):
+            by_length.setdefault(end - start, []).append(b)
+        order, pieces = [], []
+        for length, seqs in by_length.items():
+            rows = torch.cat([torch.arange(seq_bounds[b], seq_bounds[b] + length) for b in seqs])
+            batch = embeds[rows.to(embeds.device)].view(len(seqs), length, -1)
+            pieces.append(self.model(inputs_embeds=batch, use_cache=False).last_hidden_state.reshape(-1, embeds.shape[1]))
+            order.append(rows)
+        inverse = torch.empty(embeds.shape[0], dtype=torch.long)
+        inverse[torch.cat(order)] = torch.arange(embeds.shape[0])
+        return torch.cat(pieces)[inverse.to(embeds.device)]
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
+                cu_seqlens: torch.Tensor, seq_bounds: list[int], sq_head_norms: torch.Tensor | None = None,
+                return_entropy: bool = False, capture: Capture | None = None) -> PolicyOutput:
+        """Packed [N] ids / positions / targets -> per-token log-probs; `sq_head_norms` [B] float32
+        receives the per-sequence squared head-gradient norms in the backward."""
+        embeds = self.model.embed_tokens(input_ids)  # [N, d]
+        if capture is not None:
+            capture.embeds = embeds
+            if capture.want_embed_grad and embeds.requires_grad:
+                embeds.register_hook(capture._store_grad)
+        if self.attention == "packed" or len(seq_bounds) <= 2:
+            hidden = self._body_packed(embeds, position_ids)
+        else:
+            hidden = self._body_grouped(embeds, seq_bounds)
+        if capture is not None:
+            capture.hidden = hidden
+        out = self.lm_head(hidden, targets, cu_seqlens, sq_head_norms, return_entropy)
+        logp, entropy = out if return_entropy else (out, None)
+        return PolicyOutput(logp, entropy)
+
+
+def check_model_path(path: str, field: str) -> Path:
+    """A HF model folder must exist and hold config.json; name the config field otherwise."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"TrainerConfig.{field}={path!r}: no config.json there; point it to a Hugging Face "
+                         f"model folder (save_pretrained output)")
+    json.loads((folder / "config.json").read_text())  # a broken file fails here, not deep in transformers
+    return folder
+
+
+def attn_implementation() -> str:
+    """flash_attention_2 on CUDA when flash-attn is installed (varlen from position ids), else SDPA."""
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_causal_lm(path: str, dtype: torch.dtype, field: str = "model_path") -> nn.Module:
+    """The HF causal LM from `path` in `dtype`, on the CPU (DeepSpeed moves and shards it)."""
+    from transformers import AutoModelForCausalLM
+
+    check_model_path(path, field)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation())
+    if not hasattr(model, "model") or not hasattr(model, "lm_head") or not hasattr(model.model, "embed_tokens"):
+        raise ValueError(f"TrainerConfig.{field}={path!r}: expected a decoder-only LM with .model.embed_tokens "
+                         f"and .lm_head (Qwen2/Llama layout), got {type(model).__name__}")
+    return model
+
+
+def use_fused_head(model: nn.Module, temperature: float = 1.0) -> FusedLMHead:
+    """Replace model.lm_head by a FusedLMHead over the same Parameter (tied stays tied)."""
+    head = FusedLMHead(model.lm_head.weight, temperature)
+    model.lm_head = head
+    return head
+
+
+def is_tied(model: nn.Module) -> bool:
+    return model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def maybe_apply_liger(model: nn.Module, enabled: bool) -> bool:
+    """Liger's RMSNorm / RoPE / SwiGLU kernels on the model instance (CUDA only; its fused
+    cross-entropy stays off: the head is ours). Returns whether they were applied."""
+    if not enabled or not torch.cuda.is_available():
+        return False
+    if importlib.util.find_spec("liger_kernel") is None:
+        log.info("liger-kernel is not installed; running the model's own RMSNorm/RoPE/SwiGLU")
+        return False
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
+    return True
