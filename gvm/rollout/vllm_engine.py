@@ -83,20 +83,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ensure_launcher_env() -> bool:
-    """Set the torchrun variables the external launcher reads. Returns True when vLLM will
-    create the process group itself (a single process that nobody launched)."""
+_LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _ensure_launcher_env() -> tuple[bool, dict[str, str | None]]:
+    """Set the torchrun variables the external launcher reads. Returns whether vLLM will create
+    the process group itself (a lone process nobody launched), and the variables' previous
+    values, which `close()` puts back so later code sees the environment it had."""
+    previous = {k: os.environ.get(k) for k in _LAUNCHER_VARS}
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         os.environ.setdefault("RANK", str(torch.distributed.get_rank()))
         os.environ.setdefault("WORLD_SIZE", str(torch.distributed.get_world_size()))
         os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
-        return False
+        return False, previous
     if "RANK" not in os.environ or os.environ.get("WORLD_SIZE", "1") == "1":
         # A lone process: a fresh port each time, so a second engine can follow a closed one.
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
     os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
-    return True
+    return True, previous
 
 
 @contextlib.contextmanager
@@ -121,7 +126,7 @@ class VLLMEngine(Engine):
     def __init__(self, model_path: str, config: VLLMEngineConfig | None = None) -> None:
         self.config = config or VLLMEngineConfig()
         tp = self.config.tensor_parallel_size
-        self._owns_process_group = _ensure_launcher_env()
+        self._owns_process_group, self._previous_env = _ensure_launcher_env()
         self.rank, self.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         if self.world_size % tp != 0:
             raise ValueError(
@@ -318,19 +323,39 @@ class VLLMEngine(Engine):
         return self._llm
 
     def close(self) -> None:
-        """Free the engine and vLLM's process groups; the trainer's own process group (if it
-        created one before us) stays."""
+        """Free the engine and vLLM's process groups. vLLM's shutdown destroys the default
+        process group too; when the trainer created that group (DeepSpeed before us), it is
+        spared. Call close() rather than dropping the engine: garbage collection runs vLLM's
+        shutdown unguarded."""
         if self._llm is None:
             return
-        from vllm.distributed import parallel_state
+        import vllm.v1.engine.core as engine_core
 
+        original_cleanup = engine_core.cleanup_dist_env_and_memory
+        if not self._owns_process_group:
+            engine_core.cleanup_dist_env_and_memory = _destroy_vllm_groups_only
+        try:
+            self._llm.llm_engine.engine_core.shutdown()  # idempotent: disarms vLLM's finalizer
+        finally:
+            engine_core.cleanup_dist_env_and_memory = original_cleanup
         self._llm = None
+        for key, value in self._previous_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         gc.collect()
-        parallel_state.destroy_model_parallel()
-        if self._owns_process_group:
-            parallel_state.destroy_distributed_environment()
-        elif parallel_state._WORLD is not None:
-            parallel_state._WORLD.destroy()
-            parallel_state._WORLD = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _destroy_vllm_groups_only() -> None:
+    """vLLM's distributed cleanup minus destroying the default (trainer's) process group."""
+    from vllm.distributed import parallel_state
+
+    parallel_state.destroy_model_parallel()
+    if parallel_state._WORLD is not None:
+        parallel_state._WORLD.destroy()
+        parallel_state._WORLD = None
+    parallel_state._NODE_COUNT = None
+    gc.collect()

@@ -1,0 +1,148 @@
+"""One rank of the two-rank rollout test (tests/test_rollout_zero3.py), run under torchrun.
+
+Every rank: ZeRO-3 DeepSpeed training of the tiny model on gloo, and an in-process
+VLLMEngine per phase (tp=1: one replica per rank, each with its own prompts; tp=2: one replica
+over both ranks, same prompts), closed before the next phase. Per phase: greedy outputs, one
+optimizer step, a bucketed sync from the ZeRO-3 model, greedy outputs again; the reference is a
+plain HF model loaded with the gathered weights. Measurements go to <out>/rank<r>_tp<tp>.json;
+the test asserts on them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import string
+import time
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gvm.rollout.base import SamplingConfig
+from gvm.rollout.vllm_engine import VLLMEngine, VLLMEngineConfig
+from gvm.rollout.weight_sync import hf_name, param_nbytes, sync_weights
+
+MAX_TOKENS = 12
+BUCKET_BYTES = 100_000  # splits every layer's q/k/v and gate/up over buckets on the tiny model
+
+
+def random_prompts(tokenizer, seed: int, count: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [tokenizer.encode("".join(rng.choice(string.ascii_letters + " +=") for _ in range(rng.randint(3, 12))))
+            for _ in range(count)]
+
+
+@torch.no_grad()
+def compare_with_reference(reference, prompt, completion) -> tuple[float, int]:
+    """(max |engine - reference| log-prob, count of positions where the engine's greedy token
+    is not the reference's argmax beyond a 1e-4 logit near-tie)."""
+    ids = torch.tensor([prompt + completion.token_ids])
+    logits = reference(ids).logits[0, len(prompt) - 1:-1].float()
+    tokens = torch.tensor(completion.token_ids)
+    logprobs = torch.log_softmax(logits, -1).gather(1, tokens[:, None]).squeeze(1)
+    diff = float((logprobs - torch.tensor(completion.logprobs)).abs().max())
+    gap = logits.max(-1).values - logits.gather(1, tokens[:, None]).squeeze(1)
+    return diff, int((gap > 1e-4).sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--tp", default="1", help="tensor-parallel sizes to run in turn, e.g. 1,2")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--local_rank", type=int, default=0)  # the deepspeed launcher passes it
+    args = parser.parse_args()
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(args.seed)  # same on every rank, as a trainer would do
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    ds_config = {
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 1,
+        "optimizer": {"type": "AdamW", "params": {"lr": 5e-3, "weight_decay": 0.0}},
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+    }
+    engine, *_ = deepspeed.initialize(model=model, config=ds_config, model_parameters=model.parameters())
+    assert all(p.numel() == 0 for p in engine.module.parameters()), "parameters are not ZeRO-3 partitioned"
+
+    for tp in (int(t) for t in args.tp.split(",")):
+        result = run_phase(args, engine, tp)
+        Path(args.out, f"rank{rank}_tp{tp}.json").write_text(json.dumps(result))
+    dist.barrier()  # the trainer's process group survived every engine's close()
+
+
+def run_phase(args, engine, tp: int) -> dict:
+    """Build a VLLMEngine with tensor-parallel size tp, take one training step, sync, compare."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    started = time.perf_counter()
+    rollout = VLLMEngine(args.model, VLLMEngineConfig(dtype="float32", tensor_parallel_size=tp, max_model_len=256))
+    start_seconds = time.perf_counter() - started
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    replica_seed = args.seed + (rank // tp) * 1000  # tp ranks of one replica: same prompts
+    prompts = random_prompts(tokenizer, replica_seed, count=3 + rank // tp)  # replicas differ in load
+    greedy = SamplingConfig(temperature=0.0, max_tokens=MAX_TOKENS)
+    # The engine starts from the checkpoint on disk: bring it to the trainer's weights first
+    # (a no-op in the first phase, the first phase's step in the second).
+    sync_weights(engine, rollout, bucket_bytes=BUCKET_BYTES)
+    before = rollout.generate(prompts, 1, greedy)
+
+    # Unseeded sampling of one shared prompt: replicas must not draw the same samples.
+    shared = random_prompts(tokenizer, args.seed, count=1)
+    samples = [c.token_ids for c in rollout.generate(shared, 4, SamplingConfig(temperature=1.0, max_tokens=8))[0]]
+    all_samples = [None] * world
+    dist.all_gather_object(all_samples, samples)
+
+    # One optimizer step on this rank's own random batch.
+    batch = torch.randint(0, len(tokenizer) - 4, (2, 24),
+                          generator=torch.Generator().manual_seed(args.seed + rank + 10 * tp))
+    loss = engine(input_ids=batch, labels=batch).loss
+    engine.backward(loss)
+    engine.step()
+
+    rollout.sleep()
+    record = sync_weights(engine, rollout, bucket_bytes=BUCKET_BYTES)
+    after = rollout.generate(prompts, 1, greedy)
+
+    reference = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    params = list(engine.module.parameters())
+    with deepspeed.zero.GatheredParameters(params):
+        state = {hf_name(n): p.detach().clone() for n, p in engine.module.named_parameters()}
+    missing, unexpected = reference.load_state_dict(state, strict=False)
+    assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
+
+    diffs, argmax_misses, moved = [], 0, []
+    for prompt, [b], [a] in zip(prompts, before, after):
+        diff, misses = compare_with_reference(reference, prompt, a)
+        diffs.append(diff)
+        argmax_misses += misses
+        moved.append(a.token_ids != b.token_ids or abs(a.logprobs[0] - b.logprobs[0]) > 1e-3)
+    rollout.close()
+    return {
+        "rank": rank,
+        "world": world,
+        "tp": tp,
+        "replicas": rollout.data_parallel_size,
+        "engine_start_seconds": start_seconds,
+        "sync_seconds": record.seconds,
+        "bucket_bytes": record.bucket_bytes,
+        "buckets": record.buckets,
+        "largest_param_bytes": record.largest_param_bytes,
+        "max_gathered_at_once": record.max_gathered_at_once,
+        "model_bytes": sum(param_nbytes(p) for p in params),
+        "max_logprob_diff_after": max(diffs),
+        "greedy_argmax_misses": argmax_misses,
+        "outputs_moved": moved,
+        "num_prompts": len(prompts),
+        "samples_by_rank": all_samples,
+        "still_partitioned": all(p.numel() == 0 for p in params),
+        "process_group_alive": dist.is_initialized(),
+    }
+
+
+if __name__ == "__main__":
+    main()
