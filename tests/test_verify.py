@@ -118,6 +118,7 @@ def test_different_value_scores_zero(scored_file):
     numeric = [(g, w, r) for g, w, r in pairs if _NUMBER_RE.fullmatch(g)]
     other = [(g, w, r) for g, w, r in pairs if not _NUMBER_RE.fullmatch(g)]
     # gold + 1 must never be accepted.
+    print(f"{name}: gold + 1 accepted {sum(p[2] for p in numeric):.0f}/{len(numeric)}")
     assert [p for p in numeric if p[2] != 0.0] == []
     accepted = [p for p in other if p[2] != 0.0]
     print(f"{name}: another problem's gold accepted {len(accepted)}/{len(other)}: {accepted}")
