@@ -6,7 +6,8 @@
 # Here, once:  echo /.whl/ >> .git/info/exclude
 #              python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #                --implementation cp --platform manylinux_2_28_x86_64 -d .whl liger-kernel==0.8.5
-# Then:        run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540)
+# Then:        run(command="GVM_COMMIT=<short hash> bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540)
+#              (the device copy of the tree has no .git, so the results name the commit this way)
 # Optional args are passed to bench_kernels.py (e.g. --shapes 8192x4096x151936 --cases ours,floor).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check_out}

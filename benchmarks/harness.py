@@ -40,6 +40,9 @@ def machine_name() -> str:
 
 
 def git_commit() -> str:
+    """HEAD's short hash; GVM_COMMIT overrides it where the tree has no .git (the device machine)."""
+    if os.environ.get("GVM_COMMIT"):
+        return os.environ["GVM_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent, timeout=10)
