@@ -301,10 +301,13 @@ class PolicyTrainer:
             upstream: list[torch.Tensor] = []
             if nonempty and (want_embed or want_head):
                 out.logp.register_hook(lambda g: upstream.append(g.detach()))
-            loss, loss_metrics = policy_loss(
-                out.logp, batch.old_logp, batch.advantages, batch.response_mask, **self._loss_options(kind),
-                ref_logp=batch.ref_logp, kl_coef=cfg.kl_coef, entropy=out.entropy, entropy_coef=cfg.entropy_coef,
-                cu_seqlens=batch.cu_seqlens)
+            if nonempty:
+                loss, loss_metrics = policy_loss(
+                    out.logp, batch.old_logp, batch.advantages, batch.response_mask, **self._loss_options(kind),
+                    ref_logp=batch.ref_logp, kl_coef=cfg.kl_coef, entropy=out.entropy,
+                    entropy_coef=cfg.entropy_coef, cu_seqlens=batch.cu_seqlens)
+            else:  # padding micro-batch: a zero loss whose backward runs ZeRO-3's collectives
+                loss, scale = out.logp.sum() * 0.0, 0.0
             self.engine.backward(loss * scale, scale_wrt_gas=False)
             if nonempty:
                 n_tok = float(loss_metrics["num_tokens"])

@@ -238,7 +238,7 @@ def test_checkpoint_resumes_exactly(sft_trainer, sft_config, tmp_path, seed):
     assert got["loss"] == pytest.approx(expected["loss"], rel=1e-6)
     assert got["lr"] == pytest.approx(expected["lr"], rel=1e-9)
     for name, tensor in current_weights(resumed).items():
-        torch.testing.assert_close(tensor, expected_weights[name], rtol=0, atol=1e-7, msg=name)
+        torch.testing.assert_close(tensor, expected_weights[name], rtol=0, atol=1e-7, msg=lambda m: f"{name}: {m}")
 
 
 # ------------------------------------------------------------------------------------------------
