@@ -100,7 +100,7 @@ def assert_same_greedy(model, prompt, a: Completion, b: Completion, atol: float 
 
 
 @pytest.mark.parametrize("engine_name", ["vllm", "hf"])
-def test_variable_samples_per_prompt(request, engine_name, prompts, tiny_dir):
+def test_variable_samples_per_prompt(request, engine_name, prompts, tiny_dir, tokenizer):
     engine = request.getfixturevalue(f"{engine_name}_engine")
     counts = [0, 3, 40, 1, 0, 2]
     sampling = SamplingConfig(temperature=1.0, max_tokens=MAX_TOKENS, seed=SEED)
@@ -110,6 +110,7 @@ def test_variable_samples_per_prompt(request, engine_name, prompts, tiny_dir):
     for completions in result:
         for c in completions:
             check_completion(c, MAX_TOKENS, stops)
+            assert c.text == tokenizer.decode(c.token_ids, skip_special_tokens=True)
     # The 40 samples come from 3 requests (16 + 16 + 8 on vLLM): all of them are fresh draws.
     distinct = {tuple(c.token_ids) for c in result[2]}
     assert len(distinct) > 30
