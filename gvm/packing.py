@@ -82,29 +82,24 @@ class PackedBatch:
     sample_ids: list = field(default_factory=list)
     prompt_lens: list[int] = field(default_factory=list)
     response_lens: list[int] = field(default_factory=list)
+    seq_bounds: list[int] = field(default_factory=list)  # cu_seqlens as host ints (no device sync)
 
     @property
     def num_seqs(self) -> int:
+        """Real sequences (0 for the padding batch, whose one token is a sequence of its own)."""
         return len(self.sample_ids)
 
     @property
     def num_tokens(self) -> int:
         return int(self.input_ids.numel())
 
-    @property
-    def seq_bounds(self) -> list[int]:
-        """cu_seqlens as host ints."""
-        bounds = [0]
-        for p, r in zip(self.prompt_lens, self.response_lens):
-            bounds.append(bounds[-1] + p + r)
-        return bounds
-
     def to(self, device: torch.device | str) -> "PackedBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return PackedBatch(move(self.input_ids), move(self.position_ids), move(self.cu_seqlens),
                            move(self.targets), move(self.response_mask), move(self.advantages),
                            move(self.seq_advantages), move(self.old_logp), move(self.ref_logp),
-                           list(self.sample_ids), list(self.prompt_lens), list(self.response_lens))
+                           list(self.sample_ids), list(self.prompt_lens), list(self.response_lens),
+                           list(self.seq_bounds))
 
     def split_responses(self, values: torch.Tensor) -> list[torch.Tensor]:
         """Per-token values [N] -> one tensor per sequence holding its response positions, in order."""
@@ -127,7 +122,7 @@ def pack(samples: Sequence[Sample]) -> PackedBatch:
         one = torch.zeros(1, dtype=torch.long)
         return PackedBatch(one, one.clone(), torch.tensor([0, 1], dtype=torch.int32),
                            torch.full((1,), IGNORE_INDEX, dtype=torch.long), torch.zeros(1, dtype=torch.bool),
-                           torch.zeros(1), torch.zeros(0), None, None, [], [], [])
+                           torch.zeros(1), torch.zeros(0), None, None, [], [], [], [0, 1])
     ids, positions, targets, mask, adv, old, ref = [], [], [], [], [], [], []
     has_old = all(s.old_logp is not None for s in samples)
     has_ref = all(s.ref_logp is not None for s in samples)
@@ -159,7 +154,7 @@ def pack(samples: Sequence[Sample]) -> PackedBatch:
         seq_advantages=torch.stack(seq_adv),
         old_logp=torch.cat(old) if has_old else None, ref_logp=torch.cat(ref) if has_ref else None,
         sample_ids=[s.sample_id for s in samples], prompt_lens=[len(s.prompt_ids) for s in samples],
-        response_lens=[len(s.response_ids) for s in samples])
+        response_lens=[len(s.response_ids) for s in samples], seq_bounds=cu.tolist())
 
 
 def balance_across_ranks(lengths: Sequence[int], world_size: int) -> list[list[int]]:

@@ -15,14 +15,16 @@ norms and for statistics-only backward passes.
 Attention never crosses sequences:
 - "packed": one body call over the whole [1, N] stream with position ids restarting per sequence.
   transformers turns that into flash-attention varlen (GPU, flash_attention_2) or, for SDPA, into
-  a block-diagonal causal mask (N x N booleans).
+  a block-diagonal causal mask (N x N booleans; attention work N^2 instead of sum L_b^2).
 - "grouped": sequences of equal length are stacked into [g, L] batches, one body call per length,
   plain causal SDPA; no N x N mask but one call (and ZeRO-3 gather) per distinct length.
-"auto" picks "packed": measured on CPU, 2 cores (forward+backward of the body, fp32, SDPA):
-tiny model (hidden 64, 2 layers) 16 sequences of 20-200 tokens: packed 3.4 s vs grouped 18.6 s;
-8 of 100-500: 1.7 s vs 13.6 s; ~50M model (hidden 512, 8 layers) 16 of 20-200: 21.2 s vs 15.7 s
-(the machine was shared, so only the ratios mean anything). See `measure_attention` in
-benchmarks/bench_trainer.py for the trainer-level figures.
+"auto" (`resolve_attention`): "packed" on CUDA (flash varlen when installed; few large kernels),
+on the CPU "grouped" from hidden size 256 up and "packed" below. Measured train_step (ZeRO-3, fp32,
+no norms, 16 samples of 48-176 tokens, ~2000 tokens, median of 3 interleaved rounds, CPU 2 cores,
+benchmarks/bench_trainer.py --attention): hidden 64 / 2 layers / V 300: packed 2.04 s, grouped
+2.54 s; hidden 256 / 4 layers / V 32k: 3.04 s vs 3.01 s; hidden 512 / 8 layers / V 32k (~50M):
+17.6 s vs 13.0 s. The wasted N^2 attention grows with the width while the per-call overhead of
+the groups does not.
 """
 from __future__ import annotations
 
@@ -96,7 +98,7 @@ class PackedPolicy(nn.Module):
         out = self.model(inputs_embeds=embeds[None], position_ids=position_ids[None], use_cache=False)
         return out.last_hidden_state[0]
 
-    def _body_grouped(self, embeds: torch.Tensor, seq_bounds: list[int]) -> torch.Tensor:
+    def _body_grouped(self, embeds: torch.Tensor, seq_bounds: list[int], num_calls: int | None) -> torch.Tensor:
         by_length: dict[int, list[int]] = {}
         for b, (start, end) in enumerate(zip(seq_bounds[:-1], seq_bounds[1:])):
             by_length.setdefault(end - start, []).append(b)
@@ -108,27 +110,54 @@ class PackedPolicy(nn.Module):
             order.append(rows)
         inverse = torch.empty(embeds.shape[0], dtype=torch.long)
         inverse[torch.cat(order)] = torch.arange(embeds.shape[0])
-        return torch.cat(pieces)[inverse.to(embeds.device)]
+        hidden = torch.cat(pieces)[inverse.to(embeds.device)]
+        # Under ZeRO-3 every body call gathers each layer's weights collectively, so all ranks must
+        # make the same number of calls, forward and backward: pad with one-token calls whose
+        # output enters the graph times zero.
+        for _ in range(len(by_length), num_calls or 0):
+            pad = self.model(inputs_embeds=embeds[None, :1], use_cache=False).last_hidden_state
+            hidden = hidden + 0.0 * pad.sum()
+        return hidden
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
                 cu_seqlens: torch.Tensor, seq_bounds: list[int], sq_head_norms: torch.Tensor | None = None,
-                return_entropy: bool = False, capture: Capture | None = None) -> PolicyOutput:
+                return_entropy: bool = False, capture: Capture | None = None,
+                num_calls: int | None = None) -> PolicyOutput:
         """Packed [N] ids / positions / targets -> per-token log-probs; `sq_head_norms` [B] float32
-        receives the per-sequence squared head-gradient norms in the backward."""
+        receives the per-sequence squared head-gradient norms in the backward. `num_calls`
+        ("grouped" only): make at least this many body calls (see `count_body_calls`)."""
         embeds = self.model.embed_tokens(input_ids)  # [N, d]
         if capture is not None:
             capture.embeds = embeds
             if capture.want_embed_grad and embeds.requires_grad:
                 embeds.register_hook(capture._store_grad)
-        if self.attention == "packed" or len(seq_bounds) <= 2:
+        if self.attention == "packed":
             hidden = self._body_packed(embeds, position_ids)
         else:
-            hidden = self._body_grouped(embeds, seq_bounds)
+            hidden = self._body_grouped(embeds, seq_bounds, num_calls)
         if capture is not None:
             capture.hidden = hidden
         out = self.lm_head(hidden, targets, cu_seqlens, sq_head_norms, return_entropy)
         logp, entropy = out if return_entropy else (out, None)
         return PolicyOutput(logp, entropy)
+
+
+def count_body_calls(lengths: list[int]) -> int:
+    """Body calls of the "grouped" path for sequences of these lengths (an empty micro-batch is
+    packed as one one-token sequence)."""
+    return max(1, len(set(lengths)))
+
+
+GROUPED_MIN_HIDDEN = 256  # CPU crossover measured above
+
+
+def resolve_attention(choice: str, hidden_size: int) -> str:
+    """"packed" or "grouped" for the config's choice ("auto", "packed", "grouped")."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available() or hidden_size < GROUPED_MIN_HIDDEN:
+        return "packed"
+    return "grouped"
 
 
 def check_model_path(path: str, field: str) -> Path:

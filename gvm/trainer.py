@@ -53,7 +53,8 @@ from gvm_kernels.policy_loss import policy_loss
 from . import distributed as gdist
 from .ds_config import build_ds_config, lr_scheduler_factory, resolve_dtype
 from .packing import PackedBatch, Sample, pack, plan_micro_batches
-from .policy_model import (Capture, PackedPolicy, is_tied, load_causal_lm, maybe_apply_liger, use_fused_head)
+from .policy_model import (Capture, PackedPolicy, count_body_calls, is_tied, load_causal_lm, maybe_apply_liger,
+                           resolve_attention, use_fused_head)
 from .trainer_config import ALGORITHMS, TrainerConfig
 
 __all__ = ["PolicyTrainer", "TrainerConfig", "Sample", "PackedBatch"]
@@ -142,8 +143,7 @@ class PolicyTrainer:
         if cfg.gradient_checkpointing and with_optimizer:
             # Non-reentrant: works with torch.autograd.grad (statistics-only pass) and ZeRO-3.
             hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        attention = "packed" if cfg.attention == "auto" else cfg.attention
-        policy = PackedPolicy(hf_model, attention)
+        policy = PackedPolicy(hf_model, resolve_attention(cfg.attention, hf_model.config.hidden_size))
         if with_optimizer:
             engine, *_ = deepspeed.initialize(
                 model=policy, model_parameters=[p for p in policy.parameters() if p.requires_grad],
@@ -176,13 +176,19 @@ class PolicyTrainer:
     # ------------------------------------------------------------------------------------------
 
     def _forward(self, engine, batch: PackedBatch, *, head_norms: torch.Tensor | None = None,
-                 entropy: bool = False, capture: Capture | None = None):
+                 entropy: bool = False, capture: Capture | None = None, num_calls: int | None = None):
         return engine(batch.input_ids, batch.position_ids, batch.targets, batch.cu_seqlens, batch.seq_bounds,
-                      head_norms, entropy, capture)
+                      head_norms, entropy, capture, num_calls)
 
-    def _my_micro_batches(self, samples: Sequence[Sample]) -> list[list[int]]:
+    def _my_micro_batches(self, samples: Sequence[Sample]) -> list[tuple[list[int], int]]:
+        """This rank's micro-batches (sample indices) with the number of body calls each must make
+        so that all ranks make the same ("grouped" attention under ZeRO-3). Every rank plans all
+        ranks' micro-batches, so no communication is needed."""
         lengths = [s.num_tokens for s in samples]
-        return plan_micro_batches(lengths, self.world_size, self.config.micro_batch_tokens)[self.rank]
+        plan = plan_micro_batches(lengths, self.world_size, self.config.micro_batch_tokens)
+        calls = [max(count_body_calls([lengths[i] for i in ranks[m]]) for ranks in plan)
+                 for m in range(len(plan[0]))]
+        return list(zip(plan[self.rank], calls))
 
     def _logprobs_with(self, engine, samples: Sequence[Sample]) -> list[torch.Tensor]:
         self.reload()
@@ -191,9 +197,9 @@ class PolicyTrainer:
         was_training = engine.training
         engine.eval()
         with torch.no_grad():
-            for idx in self._my_micro_batches(samples):
+            for idx, calls in self._my_micro_batches(samples):
                 batch = pack([samples[i] for i in idx]).to(self.device)
-                logp = self._forward(engine, batch).logp.float().cpu()
+                logp = self._forward(engine, batch, num_calls=calls).logp.float().cpu()
                 for i, values in zip(idx, batch.split_responses(logp)):
                     mine[i] = values.clone()
         if was_training:
@@ -245,7 +251,8 @@ class PolicyTrainer:
         (default: config.algorithm); advantages come with the samples (GRPO: group_advantages).
 
         Returns metrics: loss, policy-loss metrics (clip_frac, ratio_mean, ...), grad_norm (global,
-        before clipping), lr, counts, time_s, and per sample (keyed by sample_id): grad_norms (G,
+        before clipping), lr, counts, time_s, norm_stats_s (seconds of per-sample statistics work
+        outside the backward: embedding norms, rescaling, gathering), and per sample (keyed by sample_id): grad_norms (G,
         NaN without gradient), grad_norms_embed / grad_norms_head (the parts measured) and
         grad_norms_exact (see the module docstring). Values of the last optimizer step for
         step-level scalars when optimizer_steps_per_call > 1; per-sample dicts cover all samples.
@@ -284,8 +291,9 @@ class PolicyTrainer:
         plan = self._my_micro_batches(samples)
         sums = torch.zeros(8, dtype=torch.float64)  # loss, tokens, clip, dual, ratio, approx_kl, kl_ref, entropy
         per_sample: list[tuple] = []
+        norm_seconds = 0.0  # statistics work outside the backward (the head norms ride inside it)
         self.engine.train()
-        for m, idx in enumerate(plan):
+        for m, (idx, calls) in enumerate(plan):
             batch = pack([samples[i] for i in idx]).to(self.device)
             local = int(batch.response_mask.sum()) if token_mean else batch.num_seqs
             # token-mean of policy_loss divides by this micro-batch's count: rescale to the global
@@ -297,7 +305,7 @@ class PolicyTrainer:
             head_norms = (torch.zeros(max(batch.num_seqs, 1), dtype=torch.float32, device=self.device)
                           if want_head else None)
             out = self._forward(self.engine, batch, head_norms=head_norms, entropy=cfg.entropy_coef > 0,
-                                capture=capture)
+                                capture=capture, num_calls=calls)
             upstream: list[torch.Tensor] = []
             if nonempty and (want_embed or want_head):
                 out.logp.register_hook(lambda g: upstream.append(g.detach()))
@@ -316,8 +324,10 @@ class PolicyTrainer:
                                         ("clip_frac", "dual_clip_frac", "ratio_mean", "approx_kl", "kl_ref", "entropy"))],
                                      dtype=torch.float64)
             if nonempty and (want_embed or want_head):
+                t0 = time.perf_counter()
                 per_sample += self._sample_norms(batch, kind, scale, out.logp.detach(), upstream, capture,
                                                  head_norms)
+                norm_seconds += time.perf_counter() - t0
         if on_gradients is not None:
             on_gradients(self)
         # Below ZeRO DeepSpeed does not report the global norm: the whole gradients are at hand.
@@ -326,7 +336,9 @@ class PolicyTrainer:
         self.step += 1
         gdist.all_reduce_sum(sums)
         result = self._step_metrics(sums, kind, len(samples), plain_norm)
+        t0 = time.perf_counter()
         result.update(self._gather_norms(per_sample))
+        result["norm_stats_s"] = norm_seconds + time.perf_counter() - t0
         return result
 
     def _nominal_coefficients(self, batch: PackedBatch, kind: str, scale: float, logp: torch.Tensor) -> torch.Tensor:
@@ -430,12 +442,12 @@ class PolicyTrainer:
         # that engine.backward did not start).
         model = self.engine if zero3 else self.engine.module
         self.engine.train()
-        for idx in self._my_micro_batches(samples):
+        for idx, calls in self._my_micro_batches(samples):
             batch = pack([samples[i] for i in idx]).to(self.device)
             capture = Capture()
             head_norms = (torch.zeros(max(batch.num_seqs, 1), dtype=torch.float32, device=self.device)
                           if want_head else None)
-            out = self._forward(model, batch, head_norms=head_norms, capture=capture)
+            out = self._forward(model, batch, head_norms=head_norms, capture=capture, num_calls=calls)
             total = (out.logp * batch.response_mask).sum()
             target = capture.embeds if want_embed else capture.hidden
             (grad,) = torch.autograd.grad(total, [target])

@@ -34,7 +34,7 @@ class TrainerConfig:
     # memory and speed
     micro_batch_tokens: int = 8192            # token budget of one forward/backward per rank
     gradient_checkpointing: bool = False      # recompute layer activations in the backward
-    attention: str = "auto"                   # "packed" (block-diagonal mask / flash varlen), "grouped"
+    attention: str = "auto"                   # "packed" (block mask / flash varlen), "grouped" (length groups)
     use_liger: bool = True                    # Liger RMSNorm/RoPE/SwiGLU kernels, CUDA only
     # algorithm (passed to gvm_kernels.policy_loss)
     algorithm: str = "raft++"                 # default of train_step: "raft", "raft++" or "grpo"

@@ -47,6 +47,7 @@ def test_pack_empty_gives_one_inert_token():
     batch = pack([])
     assert batch.num_tokens == 1 and batch.num_seqs == 0
     assert not bool(batch.response_mask.any()) and batch.targets.tolist() == [IGNORE_INDEX]
+    assert batch.seq_bounds == batch.cu_seqlens.tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("bad, field", [

@@ -242,17 +242,17 @@ def test_checkpoint_resumes_exactly(sft_trainer, sft_config, tmp_path, seed):
 
 
 # ------------------------------------------------------------------------------------------------
-# tied embeddings, gradient checkpointing, saving for transformers
+# tied embeddings, gradient checkpointing, length-grouped attention, saving for transformers
 # ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def tied_trainer(tmp_path_factory, seed):
     path = build_tiny(tmp_path_factory.mktemp("tied"), seed=seed + 1, tie_word_embeddings=True, **TINY)
-    return PolicyTrainer(TrainerConfig(model_path=str(path), lr=1e-3, grad_norm_params="both",
+    return PolicyTrainer(TrainerConfig(model_path=str(path), lr=1e-3, grad_norm_params="both", attention="grouped",
                                        gradient_checkpointing=True, micro_batch_tokens=48)), path
 
 
-def test_tied_model_norm_parts_with_checkpointing(tied_trainer, seed):
+def test_tied_model_norm_parts_with_checkpointing_and_grouped_attention(tied_trainer, seed):
     trainer, path = tied_trainer
     assert trainer.tied
     samples = random_samples(random.Random(seed + 31), 5, advantages=[1.0, 2.0, 1.0, 0.5, 1.0])
