@@ -91,7 +91,7 @@ def main() -> None:
         best_hf_tps = max(best_hf_tps, hf_tps)
         rows.append({"case": case, "metric": f"hf_tokens_per_s_{threads}threads", "value": hf_tps, "unit": "tok/s"})
     torch.set_num_threads(args.threads)
-    vllm = VLLMEngine(tiny, VLLMEngineConfig(dtype="float32", max_model_len=256))
+    vllm = VLLMEngine(tiny, VLLMEngineConfig(dtype="float32"))
     seconds["vllm"], vllm_tps = throughput(vllm, prompts, args.n, sampling, args.reps)
     vllm.close()
     rows += [

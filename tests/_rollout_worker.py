@@ -55,9 +55,15 @@ def main() -> None:
     parser.add_argument("--tp", default="1", help="tensor-parallel sizes to run in turn, e.g. 1,2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--local_rank", type=int, default=0)  # the deepspeed launcher passes it
+    parser.add_argument("--trainer", action="store_true", help="sync from gvm's PolicyTrainer instead")
     args = parser.parse_args()
 
     deepspeed.init_distributed(dist_backend="gloo")
+    if args.trainer:
+        result = run_trainer_phase(args)
+        Path(args.out, f"rank{dist.get_rank()}_trainer.json").write_text(json.dumps(result))
+        dist.barrier()
+        return
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(args.seed)  # same on every rank, as a trainer would do
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
@@ -140,6 +146,59 @@ def run_phase(args, engine, tp: int) -> dict:
         "num_prompts": len(prompts),
         "samples_by_rank": all_samples,
         "still_partitioned": all(p.numel() == 0 for p in params),
+        "process_group_alive": dist.is_initialized(),
+    }
+
+
+def run_trainer_phase(args) -> dict:
+    """PolicyTrainer (ZeRO-3) -> VLLMEngine (one replica per rank): sampled completions at
+    temperature 0.7, a RAFT step on them, a sync, new completions; the engine's log-probs of the
+    new completions against trainer.logprobs (same temperature) on the same sequences."""
+    from gvm.trainer import PolicyTrainer, Sample, TrainerConfig
+
+    rank = dist.get_rank()
+    temperature = 0.7
+    trainer = PolicyTrainer(TrainerConfig(model_path=args.model, zero_stage=3, dtype="float32", lr=5e-3,
+                                          algorithm="raft", temperature=temperature, seed=args.seed,
+                                          use_liger=False))
+    rollout = VLLMEngine(args.model, VLLMEngineConfig(dtype="float32", max_model_len=256))
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    prompts = random_prompts(tokenizer, args.seed + 1000 * rank, count=3)
+    sampling = SamplingConfig(temperature=temperature, max_tokens=MAX_TOKENS)
+
+    def all_samples(completions) -> tuple[list, list[list[float]]]:
+        """Every rank's samples (trainer calls take the full list on every rank), and this
+        rank's engine log-probs with their positions in that list."""
+        mine = [(prompt, c.token_ids, c.logprobs) for prompt, cs in zip(prompts, completions) for c in cs]
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+        samples, offset = [], 0
+        for r, part in enumerate(everyone):
+            if r == rank:
+                offset = len(samples)
+            samples += [Sample(sample_id=(r, i), prompt_ids=p, response_ids=t) for i, (p, t, _) in enumerate(part)]
+        return samples, offset, [lp for _, _, lp in mine]
+
+    before_samples, before_offset, before_engine = all_samples(rollout.generate(prompts, 2, sampling))
+    trainer.train_step(before_samples, "raft")
+    # The step moved the policy: the trainer now disagrees with the not yet synced engine.
+    stale = trainer.logprobs(before_samples)[before_offset:before_offset + len(before_engine)]
+    stale_diff = max(float((t - torch.tensor(e)).abs().max()) for t, e in zip(stale, before_engine))
+    rollout.sleep()
+    record = sync_weights(trainer.engine, rollout, bucket_bytes=BUCKET_BYTES)
+    samples, offset, engine_logprobs = all_samples(rollout.generate(prompts, 2, sampling))
+    trainer_logprobs = trainer.logprobs(samples)[offset:offset + len(engine_logprobs)]
+    diffs = [float((t - torch.tensor(e)).abs().max()) for t, e in zip(trainer_logprobs, engine_logprobs)]
+    rollout.close()
+    return {
+        "rank": rank,
+        "num_samples": len(engine_logprobs),
+        "max_logprob_diff": max(diffs),
+        "max_logprob_diff_before_sync": stale_diff,
+        "max_gathered_at_once": record.max_gathered_at_once,
+        "bucket_bytes": record.bucket_bytes,
+        "largest_param_bytes": record.largest_param_bytes,
+        "buckets": len(record.buckets),
         "process_group_alive": dist.is_initialized(),
     }
 

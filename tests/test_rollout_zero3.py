@@ -1,7 +1,8 @@
 """Weight sync from ZeRO-3 DeepSpeed training into in-process vLLM engines on two ranks (gloo,
-CPU), launched with torchrun in a subprocess (tests/_rollout_worker.py): once with one vLLM
-replica per rank (tp=1, data-parallel rollout) and once with one replica over both ranks (tp=2).
-Fresh model weights and prompts each run (the seed is printed)."""
+CPU), launched with torchrun in a subprocess (tests/_rollout_worker.py): with a bare DeepSpeed
+engine, once with one vLLM replica per rank (tp=1, data-parallel rollout) and once with one
+replica over both ranks (tp=2); and from gvm's PolicyTrainer, checked against its own
+`logprobs`. Fresh model weights and prompts each run (the seed is printed)."""
 import json
 import random
 import socket
@@ -28,18 +29,25 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> dict[tuple[int, int], dict]:
-    """{(tp, rank): measurements} from one two-rank launch."""
+def model_dir(tmp_path_factory) -> Path:
     print(f"seed={SEED}")
-    root = tmp_path_factory.mktemp("zero3")
-    model = build_tiny(root / "tiny", seed=SEED)
-    out = root / "out"
+    return build_tiny(tmp_path_factory.mktemp("zero3") / "tiny", seed=SEED)
+
+
+def launch(model: Path, out: Path, *extra: str) -> None:
     out.mkdir()
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_port", str(_free_port()), str(WORKER), "--model", str(model), "--out", str(out),
-               "--tp", ",".join(map(str, TP_SIZES)), "--seed", str(SEED)]
+               "--seed", str(SEED), *extra]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"worker failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+
+
+@pytest.fixture(scope="module")
+def results(model_dir) -> dict[tuple[int, int], dict]:
+    """{(tp, rank): measurements} from one two-rank launch."""
+    out = model_dir.parent / "out"
+    launch(model_dir, out, "--tp", ",".join(map(str, TP_SIZES)))
     found = {}
     for tp in TP_SIZES:
         for rank in (0, 1):
@@ -84,3 +92,15 @@ def test_replicas_handle_different_loads(results):
     """Rank 1 of the tp=1 run had one prompt more than rank 0 (vLLM steps replicas in lockstep)."""
     assert results[1, 0]["num_prompts"] + 1 == results[1, 1]["num_prompts"]
     assert len(results[1, 1]["outputs_moved"]) == results[1, 1]["num_prompts"]
+
+
+def test_sync_from_policy_trainer_matches_its_logprobs(model_dir):
+    out = model_dir.parent / "out_trainer"
+    launch(model_dir, out, "--trainer")
+    for rank in (0, 1):
+        r = json.loads((out / f"rank{rank}_trainer.json").read_text())
+        assert r["num_samples"] == 6
+        assert r["max_logprob_diff_before_sync"] > 1e-2, "the RAFT step did not move the policy"
+        assert r["max_logprob_diff"] < 1e-3, r["max_logprob_diff"]
+        assert r["max_gathered_at_once"] <= max(r["bucket_bytes"], r["largest_param_bytes"])
+        assert r["buckets"] > 5 and r["process_group_alive"]
