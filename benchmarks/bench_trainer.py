@@ -60,7 +60,8 @@ def build_model(folder: Path, spec: dict, dtype: torch.dtype) -> Path:
     config = Qwen2Config(vocab_size=spec["vocab"], hidden_size=spec["hidden"], intermediate_size=spec["intermediate"],
                          num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"],
                          num_key_value_heads=spec["kv_heads"], head_dim=spec["hidden"] // spec["heads"],
-                         tie_word_embeddings=spec["tied"], max_position_embeddings=4096, max_window_layers=spec["layers"])
+                         tie_word_embeddings=spec["tied"], max_position_embeddings=4096,
+                         max_window_layers=spec["layers"])
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = Qwen2ForCausalLM(config).to(dtype)
     model.save_pretrained(folder)
@@ -293,9 +294,9 @@ def report(spec_name: str, result: dict) -> list[dict]:
     med, tokens = result["median_s"], result["tokens"]
     rows, table = [], []
     for case, seconds in med.items():
-        rows.append({"case": f"{spec_name}/{case}", "metric": "step_s", "value": seconds, "unit": "s"})
-        rows.append({"case": f"{spec_name}/{case}", "metric": "tokens_per_s", "value": tokens / seconds, "unit": "tok/s"})
-        rows.append({"case": f"{spec_name}/{case}", "metric": "peak_memory", "value": result["memory"][case], "unit": "B"})
+        for metric, value, unit in (("step_s", seconds, "s"), ("tokens_per_s", tokens / seconds, "tok/s"),
+                                    ("peak_memory", result["memory"][case], "B")):
+            rows.append({"case": f"{spec_name}/{case}", "metric": metric, "value": value, "unit": unit})
         table.append([case, CASES[case], f"{seconds * 1e3:.0f}", f"{tokens / seconds:.0f}",
                       f"{result['memory'][case] / 2**20:.0f}"])
     print(f"\n{spec_name}: {result['samples']} samples, {tokens} tokens per step, median of "
@@ -309,7 +310,8 @@ def report(spec_name: str, result: dict) -> list[dict]:
         if case not in med:
             continue
         extra = med[case] - base
-        rows.append({"case": f"{spec_name}/{which}", "metric": "norms_overhead", "value": extra / base, "unit": "ratio"})
+        rows.append({"case": f"{spec_name}/{which}", "metric": "norms_overhead", "value": extra / base,
+                     "unit": "ratio"})
         # The same cost from its parts, each timed on its own: robust to a loaded machine.
         parts = result.get(f"norm_stats_{which}_s", 0.0) + (result.get("head_norm_s", 0.0) if which == "both" else 0.0)
         rows.append({"case": f"{spec_name}/{which}", "metric": "norms_overhead_parts", "value": parts / base,

@@ -41,7 +41,8 @@ def build_ds_config(cfg: TrainerConfig, *, with_optimizer: bool = True) -> dict:
     }
     if with_optimizer:
         config["optimizer"] = {"type": "AdamW", "params": {
-            "lr": cfg.lr, "betas": list(cfg.adam_betas), "eps": cfg.adam_eps, "weight_decay": cfg.weight_decay}}
+            "lr": cfg.lr, "betas": list(cfg.adam_betas), "eps": cfg.adam_eps, "weight_decay": cfg.weight_decay,
+            "torch_adam": cfg.torch_adam}}
         if cfg.grad_clip > 0:
             config["gradient_clipping"] = cfg.grad_clip
     return config

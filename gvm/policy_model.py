@@ -106,7 +106,8 @@ class PackedPolicy(nn.Module):
         for length, seqs in by_length.items():
             rows = torch.cat([torch.arange(seq_bounds[b], seq_bounds[b] + length) for b in seqs])
             batch = embeds[rows.to(embeds.device)].view(len(seqs), length, -1)
-            pieces.append(self.model(inputs_embeds=batch, use_cache=False).last_hidden_state.reshape(-1, embeds.shape[1]))
+            out = self.model(inputs_embeds=batch, use_cache=False).last_hidden_state  # [g, L, d]
+            pieces.append(out.reshape(-1, embeds.shape[1]))
             order.append(rows)
         inverse = torch.empty(embeds.shape[0], dtype=torch.long)
         inverse[torch.cat(order)] = torch.arange(embeds.shape[0])

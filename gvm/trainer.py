@@ -252,7 +252,8 @@ class PolicyTrainer:
 
         Returns metrics: loss, policy-loss metrics (clip_frac, ratio_mean, ...), grad_norm (global,
         before clipping), lr, counts, time_s, norm_stats_s (seconds of per-sample statistics work
-        outside the backward: embedding norms, rescaling, gathering), and per sample (keyed by sample_id): grad_norms (G,
+        outside the backward: embedding norms, rescaling, gathering), and per sample (keyed by
+        sample_id): grad_norms (G,
         NaN without gradient), grad_norms_embed / grad_norms_head (the parts measured) and
         grad_norms_exact (see the module docstring). Values of the last optimizer step for
         step-level scalars when optimizer_steps_per_call > 1; per-sample dicts cover all samples.
@@ -319,10 +320,9 @@ class PolicyTrainer:
             self.engine.backward(loss * scale, scale_wrt_gas=False)
             if nonempty:
                 n_tok = float(loss_metrics["num_tokens"])
-                sums += torch.tensor([float(loss.detach()) * local / total, n_tok,
-                                      *(float(loss_metrics.get(k, 0.0)) * n_tok for k in
-                                        ("clip_frac", "dual_clip_frac", "ratio_mean", "approx_kl", "kl_ref", "entropy"))],
-                                     dtype=torch.float64)
+                weighted = [float(loss_metrics.get(k, 0.0)) * n_tok for k in
+                            ("clip_frac", "dual_clip_frac", "ratio_mean", "approx_kl", "kl_ref", "entropy")]
+                sums += torch.tensor([float(loss.detach()) * local / total, n_tok, *weighted], dtype=torch.float64)
             if nonempty and (want_embed or want_head):
                 t0 = time.perf_counter()
                 per_sample += self._sample_norms(batch, kind, scale, out.logp.detach(), upstream, capture,

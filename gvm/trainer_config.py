@@ -29,6 +29,7 @@ class TrainerConfig:
     weight_decay: float = 0.0                 # AdamW decoupled weight decay
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
+    torch_adam: bool = False                  # DeepSpeed AdamW over torch.optim.AdamW: no JIT build of FusedAdam
     grad_clip: float = 1.0                    # global grad-norm clip; 0 disables
     optimizer_steps_per_call: int = 1         # train_step splits its samples into this many mini-batches
     # memory and speed

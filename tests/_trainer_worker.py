@@ -22,7 +22,8 @@ def load_samples(path: Path) -> list[Sample]:
 
 def run_scenario(model_dir: str, samples_file: Path, out_dir: Path) -> None:
     samples = load_samples(samples_file)
-    trainer = PolicyTrainer(TrainerConfig(model_path=model_dir, zero_stage=3, lr=1e-3, micro_batch_tokens=40,
+    trainer = PolicyTrainer(TrainerConfig(model_path=model_dir, dtype="float32", zero_stage=3, lr=1e-3,
+                                          micro_batch_tokens=40,
                                           grad_norm_params="both", algorithm="grpo", kl_coef=0.05,
                                           attention="grouped",  # ranks make different numbers of body calls
                                           clip_low=0.2, clip_high=0.28,

@@ -34,8 +34,8 @@ def tiny_dir(tmp_path_factory, seed):
 @pytest.fixture(scope="module")
 def trainer(tiny_dir):
     # A small token budget forces several micro-batches per step (the loss rescaling is tested).
-    return PolicyTrainer(TrainerConfig(model_path=str(tiny_dir), lr=1e-3, grad_clip=0.0, micro_batch_tokens=40,
-                                       grad_norm_params="both", clip_low=0.2, clip_high=0.28))
+    return PolicyTrainer(TrainerConfig(model_path=str(tiny_dir), dtype="float32", lr=1e-3, grad_clip=0.0,
+                                       micro_batch_tokens=40, grad_norm_params="both", clip_low=0.2, clip_high=0.28))
 
 
 def current_weights(trainer: PolicyTrainer) -> dict[str, torch.Tensor]:
@@ -203,8 +203,9 @@ def test_grpo_reference_model_is_frozen_initial_policy(trainer, tiny_dir, seed):
 
 @pytest.fixture(scope="module")
 def sft_config(tiny_dir):
-    return TrainerConfig(model_path=str(tiny_dir), lr=3e-3, warmup_steps=2, lr_schedule="cosine", total_steps=20,
-                         min_lr_ratio=0.1, weight_decay=0.01, grad_norm_params="embed", micro_batch_tokens=64)
+    return TrainerConfig(model_path=str(tiny_dir), dtype="float32", lr=3e-3, warmup_steps=2, lr_schedule="cosine",
+                         total_steps=20, min_lr_ratio=0.1, weight_decay=0.01, grad_norm_params="embed",
+                         micro_batch_tokens=64)
 
 
 @pytest.fixture(scope="module")
@@ -248,8 +249,8 @@ def test_checkpoint_resumes_exactly(sft_trainer, sft_config, tmp_path, seed):
 @pytest.fixture(scope="module")
 def tied_trainer(tmp_path_factory, seed):
     path = build_tiny(tmp_path_factory.mktemp("tied"), seed=seed + 1, tie_word_embeddings=True, **TINY)
-    return PolicyTrainer(TrainerConfig(model_path=str(path), lr=1e-3, grad_norm_params="both", attention="grouped",
-                                       gradient_checkpointing=True, micro_batch_tokens=48)), path
+    return PolicyTrainer(TrainerConfig(model_path=str(path), dtype="float32", lr=1e-3, grad_norm_params="both",
+                                       attention="grouped", gradient_checkpointing=True, micro_batch_tokens=48)), path
 
 
 def test_tied_model_norm_parts_with_checkpointing_and_grouped_attention(tied_trainer, seed):
@@ -287,8 +288,8 @@ def test_save_hf_loads_in_transformers_with_identical_outputs(tied_trainer, tmp_
 
 @pytest.mark.parametrize("stage", [0, 2])
 def test_lower_zero_stages_match_plain_pytorch(tiny_dir, seed, stage):
-    trainer = PolicyTrainer(TrainerConfig(model_path=str(tiny_dir), zero_stage=stage, lr=1e-3, micro_batch_tokens=40,
-                                          grad_norm_params="both"))
+    trainer = PolicyTrainer(TrainerConfig(model_path=str(tiny_dir), dtype="float32", zero_stage=stage, lr=1e-3,
+                                          micro_batch_tokens=40, grad_norm_params="both"))
     samples = random_samples(random.Random(seed + 43 + stage), 5)
     model = plain_model(tiny_dir)
     want_loss, want_grads = loss_and_grads(model, samples, kind="raft", agg="token-mean", clip_low=0.2,

@@ -82,7 +82,8 @@ def test_same_per_sample_norms(runs):
             for (_, x), (_, y) in zip(a[part], b[part]):
                 assert (math.isnan(x) and math.isnan(y)) or y == pytest.approx(x, rel=1e-4)
     for run in (one, two):  # first step: RAFT, policy == reference, so every rescaled norm is exact
-        assert all(flag == math.isfinite(x) for (_, flag), (_, x) in zip(run["steps"][0]["exact"], run["steps"][0]["embed"]))
+        first = run["steps"][0]
+        assert all(flag == math.isfinite(x) for (_, flag), (_, x) in zip(first["exact"], first["embed"]))
     for (ka, x), (kb, y) in zip(one["grad_norms"], two["grad_norms"]):
         assert ka == kb and y == pytest.approx(x, rel=1e-4)
     # the zero-advantage sample has no gradient in the training step but a statistics-only norm
