@@ -42,10 +42,15 @@ def build_ds_config(cfg: TrainerConfig, *, with_optimizer: bool = True) -> dict:
     if with_optimizer:
         config["optimizer"] = {"type": "AdamW", "params": {
             "lr": cfg.lr, "betas": list(cfg.adam_betas), "eps": cfg.adam_eps, "weight_decay": cfg.weight_decay,
-            "torch_adam": cfg.torch_adam}}
+            "torch_adam": use_torch_adam(cfg)}}
         if cfg.grad_clip > 0:
             config["gradient_clipping"] = cfg.grad_clip
     return config
+
+
+def use_torch_adam(cfg: TrainerConfig) -> bool:
+    """torch.optim.AdamW inside DeepSpeed, or DeepSpeed's FusedAdam (JIT-built on first use)."""
+    return (not torch.cuda.is_available()) if cfg.torch_adam is None else cfg.torch_adam
 
 
 def lr_factor(step: int, cfg: TrainerConfig) -> float:

@@ -51,7 +51,7 @@ from gvm_kernels.embedding_norms import embedding_sq_grad_norms
 from gvm_kernels.policy_loss import policy_loss
 
 from . import distributed as gdist
-from .ds_config import build_ds_config, lr_scheduler_factory, resolve_dtype
+from .ds_config import build_ds_config, lr_scheduler_factory, resolve_dtype, use_torch_adam
 from .packing import PackedBatch, Sample, pack, plan_micro_batches
 from .policy_model import (Capture, PackedPolicy, count_body_calls, is_tied, load_causal_lm, maybe_apply_liger,
                            resolve_attention, use_fused_head)
@@ -107,8 +107,6 @@ class PolicyTrainer:
     """
 
     def __init__(self, config: TrainerConfig, tokenizer: Any = None):
-        import deepspeed
-
         self.config = config
         gdist.init_distributed()
         _seed_everything(config.seed)
@@ -548,8 +546,10 @@ class PolicyTrainer:
             log.warning("no RNG state for rank %d in %s; RNG streams are not restored", self.rank, directory / tag)
 
     def _offload_supported(self) -> bool:
+        # DeepSpeed moves optimizer states only for ZeRO optimizers over its FusedAdam.
         optimizer = getattr(self.engine, "optimizer", None)
-        return hasattr(self.engine, "offload_states") and hasattr(optimizer, "offload_states")
+        return (hasattr(self.engine, "offload_states") and hasattr(optimizer, "offload_states")
+                and not use_torch_adam(self.config))
 
     def offload(self) -> None:
         """Move optimizer state, gradients and weights off the accelerator while the rollout engine
@@ -559,8 +559,8 @@ class PolicyTrainer:
                 self.engine.offload_states(pin_memory=torch.cuda.is_available())
                 self._offloaded = True
         elif not self._offload_note_logged:
-            log.info("offload(): this DeepSpeed engine (ZeRO stage %d) has no offload_states; nothing moved",
-                     self.config.zero_stage)
+            log.info("offload(): DeepSpeed offloads states only for ZeRO stages 1-3 with its FusedAdam (here: stage "
+                     "%d, torch AdamW %s); nothing moved", self.config.zero_stage, use_torch_adam(self.config))
             self._offload_note_logged = True
 
     def reload(self) -> None:

@@ -29,7 +29,9 @@ class TrainerConfig:
     weight_decay: float = 0.0                 # AdamW decoupled weight decay
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
-    torch_adam: bool = False                  # DeepSpeed AdamW over torch.optim.AdamW: no JIT build of FusedAdam
+    torch_adam: bool | None = None            # DeepSpeed's AdamW over torch.optim.AdamW (True) or its FusedAdam;
+                                              # None: torch on the CPU (no minutes-long g++ build, and offloading
+                                              # is moot there), FusedAdam on CUDA (offload_states needs it)
     grad_clip: float = 1.0                    # global grad-norm clip; 0 disables
     optimizer_steps_per_call: int = 1         # train_step splits its samples into this many mini-batches
     # memory and speed
