@@ -103,6 +103,15 @@ def run_phase(args, engine, tp: int) -> dict:
     all_samples = [None] * world
     dist.all_gather_object(all_samples, samples)
 
+    # Replicas with nothing to do still take part while another decodes: an empty prompt list,
+    # and prompts whose counts are all zero.
+    idle_counts = None
+    if rollout.data_parallel_size > 1:
+        mine = {0: (prompts, [2] * len(prompts)), 1: ([], 0)}.get(rank, (prompts, [0] * len(prompts)))
+        idle_counts = [len(r) for r in rollout.generate(mine[0], mine[1], SamplingConfig(max_tokens=6))]
+        idle_counts += [len(r) for r in rollout.generate(prompts, [0] * len(prompts) if rank == 0 else 1,
+                                                         SamplingConfig(max_tokens=6))]
+
     # One optimizer step on this rank's own random batch.
     batch = torch.randint(0, len(tokenizer) - 4, (2, 24),
                           generator=torch.Generator().manual_seed(args.seed + rank + 10 * tp))
@@ -145,6 +154,7 @@ def run_phase(args, engine, tp: int) -> dict:
         "outputs_moved": moved,
         "num_prompts": len(prompts),
         "samples_by_rank": all_samples,
+        "idle_counts": idle_counts,
         "still_partitioned": all(p.numel() == 0 for p in params),
         "process_group_alive": dist.is_initialized(),
     }

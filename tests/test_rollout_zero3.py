@@ -89,9 +89,13 @@ def test_replicas_sample_independently_and_tp_ranks_alike(results):
 
 
 def test_replicas_handle_different_loads(results):
-    """Rank 1 of the tp=1 run had one prompt more than rank 0 (vLLM steps replicas in lockstep)."""
+    """Rank 1 of the tp=1 run had one prompt more than rank 0 (vLLM steps replicas in lockstep),
+    then no prompts at all while rank 0 decoded, then the other way round with zero counts."""
     assert results[1, 0]["num_prompts"] + 1 == results[1, 1]["num_prompts"]
     assert len(results[1, 1]["outputs_moved"]) == results[1, 1]["num_prompts"]
+    n0, n1 = results[1, 0]["num_prompts"], results[1, 1]["num_prompts"]
+    assert results[1, 0]["idle_counts"] == [2] * n0 + [0] * n0
+    assert results[1, 1]["idle_counts"] == [1] * n1
 
 
 def test_sync_from_policy_trainer_matches_its_logprobs(model_dir):
