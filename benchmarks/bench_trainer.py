@@ -188,7 +188,8 @@ def run_cases(spec: dict, model_dir: Path, dtype_name: str, cases: list[str], ro
               attention: str = "auto") -> dict:
     samples = make_samples(spec, seed)
     tokens = sum(s.num_tokens for s in samples)
-    cfg = TrainerConfig(model_path=str(model_dir), dtype=dtype_name, lr=1e-6, zero_stage=3,
+    # torch's AdamW for every case: no JIT build of FusedAdam inside the timed run.
+    cfg = TrainerConfig(model_path=str(model_dir), dtype=dtype_name, lr=1e-6, zero_stage=3, torch_adam=True,
                         micro_batch_tokens=spec["micro_batch_tokens"], grad_norm_params="none", attention=attention)
     runners: dict = {}
     norm_stats: dict[str, list[float]] = {"embed": [], "both": []}
@@ -242,7 +243,7 @@ def compare_attention(spec: dict, model_dir: Path, dtype_name: str, rounds: int,
     """train_step (no norms) with attention="packed" vs "grouped", interleaved, on the same samples."""
     samples = make_samples(spec, seed)
     tokens = sum(s.num_tokens for s in samples)
-    trainers = {mode: PolicyTrainer(TrainerConfig(model_path=str(model_dir), dtype=dtype_name, lr=1e-6,
+    trainers = {mode: PolicyTrainer(TrainerConfig(model_path=str(model_dir), dtype=dtype_name, lr=1e-6, torch_adam=True,
                                                   micro_batch_tokens=spec["micro_batch_tokens"],
                                                   grad_norm_params="none", attention=mode))
                 for mode in ("packed", "grouped")}

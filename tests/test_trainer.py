@@ -34,8 +34,9 @@ def tiny_dir(tmp_path_factory, seed):
 @pytest.fixture(scope="module")
 def trainer(tiny_dir):
     # A small token budget forces several micro-batches per step (the loss rescaling is tested).
-    return PolicyTrainer(TrainerConfig(model_path=str(tiny_dir), dtype="float32", lr=1e-3, grad_clip=0.0,
-                                       micro_batch_tokens=40, grad_norm_params="both", clip_low=0.2, clip_high=0.28))
+    return PolicyTrainer(TrainerConfig(model_path=str(tiny_dir), dtype="float32", torch_adam=True, lr=1e-3,
+                                       grad_clip=0.0, micro_batch_tokens=40, grad_norm_params="both", clip_low=0.2,
+                                       clip_high=0.28))
 
 
 def current_weights(trainer: PolicyTrainer) -> dict[str, torch.Tensor]:
@@ -253,7 +254,8 @@ def test_checkpoint_resumes_exactly(sft_trainer, sft_config, tmp_path, seed):
 @pytest.fixture(scope="module")
 def tied_trainer(tmp_path_factory, seed):
     path = build_tiny(tmp_path_factory.mktemp("tied"), seed=seed + 1, tie_word_embeddings=True, **TINY)
-    return PolicyTrainer(TrainerConfig(model_path=str(path), dtype="float32", lr=1e-3, grad_norm_params="both",
+    return PolicyTrainer(TrainerConfig(model_path=str(path), dtype="float32", torch_adam=True, lr=1e-3,
+                                       grad_norm_params="both",
                                        attention="grouped", gradient_checkpointing=True, micro_batch_tokens=48)), path
 
 
@@ -292,7 +294,8 @@ def test_save_hf_loads_in_transformers_with_identical_outputs(tied_trainer, tmp_
 
 @pytest.mark.parametrize("stage", [0, 2])
 def test_lower_zero_stages_match_plain_pytorch(tiny_dir, seed, stage):
-    trainer = PolicyTrainer(TrainerConfig(model_path=str(tiny_dir), dtype="float32", zero_stage=stage, lr=1e-3,
+    trainer = PolicyTrainer(TrainerConfig(model_path=str(tiny_dir), dtype="float32", torch_adam=True, zero_stage=stage,
+                                          lr=1e-3,
                                           micro_batch_tokens=40, grad_norm_params="both"))
     samples = random_samples(random.Random(seed + 43 + stage), 5)
     model = plain_model(tiny_dir)
