@@ -1,0 +1,86 @@
+"""RAFT, RAFT++ and GRPO as registered settings: how rewards become advantages, which samples are
+trained on, and which loss the trainer applies. The training loop looks the name up here and
+never branches on it.
+
+    raft    SFT on accepted samples: A = 1 for a correct response; rejected ones carry no
+            gradient and are left out (they would only dilute the token mean).
+    raft++  the same samples and advantages, with the importance ratio pi/pi_old and PPO clipping.
+    grpo    A = (r - mean_group) / (std_group + eps) over each prompt's samples, every sample
+            trained on (negative advantages push wrong answers down), PPO clipping; the KL
+            penalty to the reference model is `trainer.kl_coef`. A group of one sample, or whose
+            rewards are all equal, has advantage 0 (gvm_kernels.group_advantages).
+
+With GVM a prompt's samples form its group whatever their number; with `reuse_pilot_samples`
+the pilot's rewards join the baseline of the prompt's stage-2 group (`baseline_rewards`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from gvm_kernels.policy_loss import group_advantages
+
+# rewards [S], group ids [S] -> advantages [S] (float64)
+AdvantageFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    loss: str                    # the `kind` of gvm_kernels.policy_loss / PolicyTrainer.train_step
+    advantages: AdvantageFn
+    accepted_only: bool          # train on accepted samples only (RAFT's rejection sampling)
+    uses_old_logp: bool          # the loss has an importance ratio: old log-probs are needed
+
+    def select(self, rewards: np.ndarray) -> np.ndarray:
+        """Boolean mask [S] of the samples that enter training."""
+        rewards = np.asarray(rewards, dtype=np.float64)
+        return rewards > 0 if self.accepted_only else np.ones(rewards.shape, dtype=bool)
+
+
+def _reward_as_advantage(rewards: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
+    """RAFT: the reward itself (1 accepted, 0 rejected)."""
+    return np.asarray(rewards, dtype=np.float64).copy()
+
+
+def _group_normalised(rewards: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
+    """GRPO: (r - group mean) / (group std + eps); 0 for singleton or all-equal groups."""
+    r = torch.as_tensor(np.asarray(rewards, dtype=np.float64))
+    g = torch.as_tensor(np.asarray(group_ids, dtype=np.int64))
+    return group_advantages(r, g).numpy()
+
+
+ALGORITHMS: dict[str, Algorithm] = {}
+
+
+def register(algorithm: Algorithm) -> Algorithm:
+    if algorithm.name in ALGORITHMS:
+        raise ValueError(f"algorithm {algorithm.name!r} is already registered")
+    ALGORITHMS[algorithm.name] = algorithm
+    return algorithm
+
+
+register(Algorithm("raft", loss="raft", advantages=_reward_as_advantage, accepted_only=True, uses_old_logp=False))
+register(Algorithm("raft++", loss="raft++", advantages=_reward_as_advantage, accepted_only=True, uses_old_logp=True))
+register(Algorithm("grpo", loss="grpo", advantages=_group_normalised, accepted_only=False, uses_old_logp=True))
+
+
+def get_algorithm(name: str) -> Algorithm:
+    if name not in ALGORITHMS:
+        raise ValueError(f"algorithm={name!r}: must be one of {sorted(ALGORITHMS)}")
+    return ALGORITHMS[name]
+
+
+def advantages_with_baseline(algorithm: Algorithm, rewards: np.ndarray, group_ids: np.ndarray,
+                             baseline_rewards: np.ndarray | None = None,
+                             baseline_group_ids: np.ndarray | None = None) -> np.ndarray:
+    """Advantages of `rewards` [S] where each group's statistics also count `baseline_rewards`
+    (earlier samples of the same prompts, e.g. the pilot) that are not trained on here."""
+    if baseline_rewards is None or len(baseline_rewards) == 0:
+        return algorithm.advantages(rewards, group_ids)
+    all_rewards = np.concatenate([np.asarray(rewards, np.float64), np.asarray(baseline_rewards, np.float64)])
+    all_groups = np.concatenate([np.asarray(group_ids, np.int64), np.asarray(baseline_group_ids, np.int64)])
+    return algorithm.advantages(all_rewards, all_groups)[: len(rewards)]

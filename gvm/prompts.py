@@ -1,0 +1,153 @@
+"""The prompts a run trains and evaluates on: rows from files or the built-in arithmetic task,
+formatted and tokenized once, and a deterministic order of prompt batches.
+
+`Prompt.key` is the row's stable index in the training set: it keys the per-prompt statistics
+(gvm.stats) and the allocation audit log. Batches depend only on (seed, iteration), so a resumed
+run continues with the batch it would have taken.
+
+`mixed_split` is the built-in task with a difficulty mix: levels drawn with given weights
+instead of uniformly (gvm.arithmetic.make_split draws them uniformly), e.g. more hard problems
+so that acceptance rates spread further.
+"""
+from __future__ import annotations
+
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from gvm.arithmetic import LEVELS, ArithmeticTask, make_split
+from gvm.data import format_prompt, load_prompts, write_jsonl
+from gvm.verify import normalize_gold
+
+
+@dataclass
+class Prompt:
+    key: int                     # stable index in its set
+    problem: str
+    gold: str | list[str]        # normalised gold answer(s)
+    token_ids: list[int]         # the formatted prompt, tokenized
+    row: dict = field(repr=False, default_factory=dict)  # the source row (solution, level, ...)
+
+
+def mixed_split(num_train: int, num_eval: int, *, seed: int = 0, levels: Sequence[int] = LEVELS,
+                weights: Sequence[float] | None = None, max_tries: int = 200) -> tuple[list[dict], list[dict]]:
+    """Like `gvm.arithmetic.make_split` (distinct problems, eval drawn first, no overlap), with
+    levels drawn in proportion to `weights`; None gives make_split's uniform mix exactly."""
+    if weights is None:
+        return make_split(num_train, num_eval, seed=seed, levels=levels, max_tries=max_tries)
+    if len(weights) != len(levels) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"weights must be {len(levels)} non-negative numbers, not all 0; got {list(weights)}")
+    task = ArithmeticTask(seed, levels)
+    seen: set[str] = set()
+    open_levels = {level: float(w) for level, w in zip(levels, weights) if w > 0}
+
+    def draw(count: int) -> list[dict]:
+        rows: list[dict] = []
+        while len(rows) < count:
+            if not open_levels:
+                raise ValueError(f"levels {list(levels)} with weights {list(weights)} hold fewer than "
+                                 f"{num_train + num_eval} distinct problems; lower the sizes or add levels")
+            level = task.rng.choices(list(open_levels), weights=list(open_levels.values()))[0]
+            for _ in range(max_tries):
+                problem = task.sample_level(level)
+                if problem.problem not in seen:
+                    seen.add(problem.problem)
+                    rows.append(problem.to_row(len(rows)))
+                    break
+            else:
+                del open_levels[level]
+        return rows
+
+    eval_rows = draw(num_eval)
+    return draw(num_train), eval_rows
+
+
+def encode_prompt(problem: str, tokenizer: Any, style: str) -> list[int]:
+    """Token ids of the formatted prompt. A chat template writes its own special tokens, so none
+    are added then (no doubled BOS)."""
+    text = format_prompt(problem, tokenizer, style=style)
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    return list(tokenizer.encode(text, add_special_tokens=not has_template))
+
+
+def to_prompts(rows: list[dict], tokenizer: Any, style: str, *, max_tokens: int | None = None,
+               name: str = "data") -> list[Prompt]:
+    """Rows -> Prompts (key = the row's position in `rows`); prompts over max_tokens are dropped
+    with one warning. Raises ValueError naming the row when a gold answer is unusable."""
+    prompts, too_long = [], 0
+    for position, row in enumerate(rows):
+        try:
+            gold = normalize_gold(row["answer"])
+        except ValueError as error:
+            raise ValueError(f"{name}: row {row.get('index', position)} has an unusable answer: {error}") from None
+        ids = encode_prompt(row["problem"], tokenizer, style)
+        if max_tokens is not None and len(ids) > max_tokens:
+            too_long += 1
+            continue
+        prompts.append(Prompt(key=position, problem=row["problem"], gold=gold, token_ids=ids, row=row))
+    if too_long:
+        warnings.warn(f"{name}: dropped {too_long} of {len(rows)} prompts longer than {max_tokens} tokens "
+                      f"(data.max_prompt_tokens)", stacklevel=2)
+    if not prompts:
+        raise ValueError(f"{name}: no prompt left (all longer than data.max_prompt_tokens={max_tokens}?)")
+    return prompts
+
+
+def load_rows(cfg, data_dir: Path | None = None) -> tuple[list[dict], list[dict]]:
+    """(train rows, eval rows) for a RunConfig: the built-in task (written to data_dir as JSONL
+    so `python -m gvm.eval` can read the same held-out set) or the configured files."""
+    if cfg.builtin_task:
+        task = cfg.task
+        train, held_out = mixed_split(task.num_train, task.num_eval, seed=task.seed, levels=task.levels,
+                                      weights=task.level_weights)
+        if data_dir is not None:
+            write_jsonl(train, Path(data_dir) / "train.jsonl")
+            write_jsonl(held_out, Path(data_dir) / "eval.jsonl")
+    else:
+        train = load_prompts(cfg.data.train_data, cfg.data.problem_key, cfg.data.answer_key)
+        held_out = []
+    if cfg.data.eval_data:
+        held_out = load_prompts(cfg.data.eval_data, cfg.data.problem_key, cfg.data.answer_key)
+    if cfg.data.max_eval_prompts is not None:
+        held_out = held_out[: cfg.data.max_eval_prompts]
+    return train, held_out
+
+
+class PromptBatches:
+    """Batch t of an endless shuffled stream: epoch e is a permutation seeded by (seed, e), and
+    batch t takes positions [t * size, (t + 1) * size) of the concatenated epochs."""
+
+    def __init__(self, prompts: list[Prompt], batch_size: int, seed: int):
+        if batch_size > len(prompts):
+            raise ValueError(f"data.prompts_per_iteration={batch_size} exceeds the {len(prompts)} training prompts")
+        self.prompts, self.batch_size, self.seed = prompts, batch_size, seed
+        self._orders: dict[int, np.ndarray] = {}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))
+        return self._orders[epoch]
+
+    def batch(self, iteration: int) -> list[Prompt]:
+        n, out = len(self.prompts), []
+        for position in range(iteration * self.batch_size, (iteration + 1) * self.batch_size):
+            epoch, offset = divmod(position, n)
+            out.append(self.prompts[int(self._order(epoch)[offset])])
+        return out
+
+
+def solution_samples_text(rows: list[dict], solution_key: str) -> list[tuple[str, str]]:
+    """(problem, solution) pairs for the supervised warm start; rows without a solution are skipped."""
+    pairs = [(row["problem"], row[solution_key]) for row in rows
+             if isinstance(row.get(solution_key), str) and row[solution_key].strip()]
+    return pairs
+
+
+def shuffled(items: list, seed: int) -> list:
+    out = list(items)
+    random.Random(seed).shuffle(out)
+    return out

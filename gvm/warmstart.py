@@ -1,0 +1,105 @@
+"""Supervised warm start: a few hundred steps of fine-tuning on worked solutions, so that the
+built-in model's acceptance rates spread across (0, 1) before RL starts.
+
+A randomly initialised model never writes `\\boxed{<right number>}`: every p_i is 0 and neither
+RAFT nor GVM has anything to work with. After the warm start the easy levels of the arithmetic
+task are mostly solved and the hard ones rarely, which is the regime GVM is for.
+
+It runs on the same `PolicyTrainer` as RL (RAFT's loss with advantage 1 is the token-mean
+negative log-likelihood of the response), so it uses every rank, and it writes an ordinary
+Hugging Face folder that the RL trainer and the rollout engine load.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gvm import distributed as gdist
+from gvm.packing import Sample
+from gvm.prompts import encode_prompt
+from gvm.trainer import PolicyTrainer
+from gvm.trainer_config import TrainerConfig
+
+log = logging.getLogger(__name__)
+
+DONE_FILE = "WARMSTART_DONE"  # written last: a folder without it is an interrupted warm start
+
+
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The token that ends an assistant turn: `<|im_end|>` with a ChatML template, else EOS."""
+    if getattr(tokenizer, "chat_template", None):
+        token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id is not None:
+            return token_id
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token: the warm start cannot teach the model to stop")
+    return tokenizer.eos_token_id
+
+
+def solution_samples(rows: list[dict], tokenizer: Any, style: str, solution_key: str) -> list[Sample]:
+    """One Sample per row with a worked solution: the formatted prompt, then the solution and the
+    end-of-turn token as the response (advantage 1: plain likelihood)."""
+    stop = end_of_turn_id(tokenizer)
+    samples = []
+    for i, row in enumerate(rows):
+        solution = row.get(solution_key)
+        if not isinstance(solution, str) or not solution.strip():
+            continue
+        response = list(tokenizer.encode(solution, add_special_tokens=False)) + [stop]
+        samples.append(Sample(sample_id=i, prompt_ids=encode_prompt(row["problem"], tokenizer, style),
+                              response_ids=response, advantage=1.0))
+    return samples
+
+
+def is_done(folder: Path) -> bool:
+    return (Path(folder) / DONE_FILE).is_file()
+
+
+def warm_start(trainer_config: TrainerConfig, rows: list[dict], tokenizer: Any, out_dir: Path, *, steps: int,
+               batch_size: int, lr: float, warmup_steps: int, style: str, solution_key: str, seed: int,
+               progress: bool = False) -> tuple[Path, list[float]]:
+    """Fine-tune `trainer_config.model_path` on the rows' solutions for `steps` optimizer steps
+    (cosine from `lr` after a linear warm-up) and save it to `out_dir`. Returns the folder and the
+    loss per step. Collective: every rank calls it with the same arguments."""
+    samples = solution_samples(rows, tokenizer, style, solution_key)
+    if not samples:
+        raise ValueError(f"warmstart.steps={steps} needs training rows with a worked solution in "
+                         f"{solution_key!r}; none has one (set warmstart.steps=0 or warmstart.solution_key)")
+    config = dataclasses.replace(
+        trainer_config, lr=lr, lr_schedule="cosine", warmup_steps=min(warmup_steps, steps - 1),
+        total_steps=steps, min_lr_ratio=0.1, algorithm="raft", grad_norm_params="none", kl_coef=0.0,
+        optimizer_steps_per_call=1)
+    trainer = PolicyTrainer(config, tokenizer)
+    rng = np.random.default_rng([seed, 7])  # same on every rank: all ranks must pass the same batch
+    losses = []
+    bar = _progress(steps, progress)
+    for _ in range(steps):
+        batch = [samples[i] for i in rng.choice(len(samples), size=min(batch_size, len(samples)), replace=False)]
+        metrics = trainer.train_step(batch, "raft")
+        losses.append(metrics["loss"])
+        if bar is not None:
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    out_dir = Path(out_dir)
+    trainer.save_hf(out_dir)
+    if gdist.rank() == 0:
+        (out_dir / DONE_FILE).write_text(f"steps={steps} final_loss={losses[-1]:.4f}\n")
+    gdist.barrier()
+    del trainer
+    gc.collect()
+    return out_dir, losses
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="warm start", unit="step", dynamic_ncols=True)

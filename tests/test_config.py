@@ -1,0 +1,163 @@
+"""Run configuration: YAML + key=value overrides into frozen dataclasses, checked before any work
+(gvm/config.py). No model or engine is started here."""
+import dataclasses
+import random
+
+import pytest
+import yaml
+
+from gvm.config import (ConfigError, RunConfig, check_model_folder, check_paths, from_dict, load_config,
+                        parse_override)
+from gvm.rollout.base import SamplingConfig
+from gvm.toy import build_tokenizer
+from gvm.trainer_config import TrainerConfig
+from gvm.verify import VerifierConfig
+
+SEED = random.randrange(2**31)
+
+
+@pytest.fixture
+def rng():
+    print(f"seed={SEED}")
+    return random.Random(SEED)
+
+
+def test_defaults_are_the_builtin_run():
+    cfg = load_config()
+    assert cfg.builtin_model and cfg.builtin_task
+    assert cfg.algorithm == "raft++" and cfg.sampler.kind == "gvm"
+    assert cfg.prompt_style == "compact" and cfg.warmstart_steps > 0
+    # the reused classes are the real ones, with the derived fields in step
+    assert isinstance(cfg.trainer, TrainerConfig) and isinstance(cfg.rollout.sampling, SamplingConfig)
+    assert isinstance(cfg.verifier, VerifierConfig)
+    assert cfg.trainer.algorithm == cfg.algorithm and cfg.trainer.temperature == cfg.rollout.sampling.temperature
+
+
+def test_overrides_are_typed_by_the_field(rng):
+    budget, lr, top_p = rng.randint(1, 500), rng.uniform(1e-7, 1e-2), rng.uniform(0.1, 1.0)
+    cfg = load_config(None, [f"sampler.budget={budget}", f"trainer.lr={lr:e}", f"rollout.sampling.top_p={top_p}",
+                             "sampler.reuse_pilot_samples=false", "sampler.max_per_prompt=null",
+                             "task.levels=[1,3,5]", "trainer.adam_betas=[0.8, 0.95]", "algorithm=grpo",
+                             "rollout.vllm={tensor_parallel_size: 2}"])
+    assert cfg.sampler.budget == budget and isinstance(cfg.sampler.budget, int)
+    assert cfg.trainer.lr == pytest.approx(lr, rel=1e-6) and isinstance(cfg.trainer.lr, float)
+    assert cfg.rollout.sampling.top_p == pytest.approx(top_p)
+    assert cfg.sampler.reuse_pilot_samples is False and cfg.sampler.max_per_prompt is None
+    assert cfg.task.levels == (1, 3, 5) and cfg.trainer.adam_betas == (0.8, 0.95)
+    assert cfg.algorithm == "grpo" and cfg.trainer.algorithm == "grpo"
+    assert cfg.rollout.vllm == {"tensor_parallel_size": 2}
+
+
+def test_shortcuts_and_yaml_file_then_overrides(tmp_path, rng):
+    budget = rng.randint(10, 99)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"name": "preset", "budget": budget, "eval_every": 3,
+                                    "sampler": {"pilot_n": 6}, "trainer": {"lr": 5e-4}}))
+    cfg = load_config(path, ["sampler.pilot_n=2", "train_data=some/file.jsonl"])
+    assert cfg.name == "preset" and cfg.sampler.budget == budget and cfg.eval.every == 3
+    assert cfg.sampler.pilot_n == 2                      # the command line wins over the file
+    assert cfg.trainer.lr == 5e-4 and cfg.trainer.grad_norm_params == "embed"  # run defaults kept
+    assert cfg.data.train_data == "some/file.jsonl" and not cfg.builtin_task and cfg.prompt_style == "cot"
+
+
+def test_saved_config_loads_back_equal(tmp_path, rng):
+    overrides = [f"seed={rng.randint(0, 10**6)}", f"sampler.alpha={rng.uniform(0, 0.1)}",
+                 f"trainer.clip_high={rng.uniform(0.2, 0.4)}", f"task.num_train={rng.randint(50, 5000)}",
+                 "task.level_weights=[1, 1, 2, 3, 3]", "rollout.sampling.stop_token_ids=[5, 7]"]
+    cfg = load_config(None, overrides)
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+    assert "model_path" not in yaml.safe_load(path.read_text())["trainer"]
+
+
+@pytest.mark.parametrize("override, key, fragment", [
+    ("sampler.kind=adaptive", "sampler.kind", "must be one of"),
+    ("sampler.budget=0", "sampler.budget", ">= 1"),
+    ("sampler.budget=ten", "sampler.budget", "must be an integer"),
+    ("sampler.pilot_n=0", "sampler.pilot_n", ">= 1"),
+    ("sampler.stats_ema=1.0", "sampler.stats_ema", "[0, 1)"),
+    ("sampler.zero_accept=drop", "sampler.zero_accept", "must be one of"),
+    ("algorithm=ppo", "algorithm", "must be one of"),
+    ("iterations=-1", "iterations", ">= 0"),
+    ("epochs=0", "epochs", ">= 1"),
+    ("data.prompts_per_iteration=0", "data.prompts_per_iteration", ">= 1"),
+    ("rollout.engine=sglang", "rollout.engine", "must be one of"),
+    ("rollout.sampling.temperature=0", "rollout.sampling.temperature", "must be > 0"),
+    ("eval.k=0", "eval.k", ">= 1"),
+    ("task.levels=[1, 9]", "task.levels", "distinct levels"),
+    ("task.level_weights=[1.5, 2.5]", "task.level_weights", "one per level"),
+    ("tiny.hidden_size=100", "tiny.hidden_size", "head_dim * num_heads"),
+    ("resume=maybe", "resume", "true or false"),
+    ("name=a/b", "name", "without '/'"),
+])
+def test_bad_values_name_key_value_and_what_is_allowed(override, key, fragment):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    message = str(error.value)
+    assert f"{key}=" in message and fragment in message
+    assert repr(parse_override(override)[1]) in message or str(parse_override(override)[1]) in message
+
+
+def test_reused_class_errors_carry_their_section():
+    with pytest.raises(ConfigError, match=r"trainer.*TrainerConfig.zero_stage=5"):
+        load_config(None, ["trainer.zero_stage=5"])
+    with pytest.raises(ConfigError, match=r"rollout.sampling.*top_p"):
+        load_config(None, ["rollout.sampling.top_p=0"])
+    with pytest.raises(ConfigError, match=r"verifier.*num_workers"):
+        load_config(None, ["verifier.num_workers=-1"])
+
+
+def test_unknown_keys_are_refused_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown config key 'sampler.budgte'.*did you mean 'budget'"):
+        load_config(None, ["sampler.budgte=3"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'learning_rate'.*allowed in the top level"):
+        load_config(None, ["learning_rate=3"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'trainer.lrr'"):
+        from_dict({"trainer": {"lrr": 1.0}})
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["sampler.budget"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        load_config(None, ["seed=1", "seed.x=1"])
+
+
+def test_derived_trainer_fields_point_to_their_key():
+    for key, owner in (("algorithm", "algorithm"), ("model_path", "model"), ("temperature", "rollout.sampling.temperature")):
+        with pytest.raises(ConfigError, match=f"trainer.{key} is set by the key '{owner}'"):
+            load_config(None, [f"trainer.{key}=1"])
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match="sampler.max_per_prompt.*must reach the budget 100"):
+        load_config(None, ["data.prompts_per_iteration=10", "sampler.budget=100", "sampler.max_per_prompt=9"])
+    with pytest.raises(ConfigError, match="sampler.min_per_prompt.*exceeds the budget 20"):
+        load_config(None, ["data.prompts_per_iteration=10", "sampler.budget=20", "sampler.min_per_prompt=3"])
+    with pytest.raises(ConfigError, match="grad_norm_params='none'"):
+        load_config(None, ["trainer.grad_norm_params=none"])
+    assert load_config(None, ["trainer.grad_norm_params=none", "sampler.kind=uniform"]).sampler.kind == "uniform"
+    with pytest.raises(ConfigError, match="kl_coef"):
+        load_config(None, ["algorithm=raft", "trainer.kl_coef=0.001"])
+
+
+def test_missing_files_and_model_folders_fail_before_work(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.train_data='.*nope.jsonl': file not found"):
+        check_paths(load_config(None, [f"train_data={tmp_path / 'nope.jsonl'}"]))
+    with pytest.raises(ConfigError, match=r"data.eval_data=.*file not found"):
+        check_paths(load_config(None, [f"eval_data={tmp_path / 'math.jsonl'}"]))
+    with pytest.raises(ConfigError, match=r"model=.*not a folder"):
+        check_paths(load_config(None, [f"model={tmp_path / 'absent'}"]))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="no config.json"):
+        check_model_folder(str(folder), "model")
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"model=.*has no tokenizer"):
+        check_paths(load_config(None, [f"model={folder}"]))
+    build_tokenizer().save_pretrained(folder)
+    check_paths(load_config(None, [f"model={folder}"]))  # now complete
+
+
+def test_config_is_frozen():
+    cfg = RunConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 3

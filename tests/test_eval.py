@@ -1,0 +1,108 @@
+"""`python -m gvm.eval`: avg@k / pass@k with the real Verifier and a real engine (transformers, CPU)
+on a tiny model taught to always answer \\boxed{7}, so the expected scores are known exactly."""
+import json
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gvm.config import ConfigError
+from gvm.data import format_prompt, load_prompts, write_jsonl
+from gvm.eval import main as eval_main
+from gvm.toy import build_tiny
+from gvm.verify import Verifier
+
+SEED = random.randrange(2**31)
+TINY = dict(hidden_size=64, num_heads=2, num_kv_heads=1, head_dim=32, intermediate_size=128)
+ANSWER = "\\boxed{7}"
+
+
+@pytest.fixture(scope="module")
+def seven_model(tmp_path_factory):
+    """A tiny model fine-tuned until its reply to any prompt (compact or chain-of-thought style) is
+    \\boxed{7} and the end of the turn."""
+    print(f"seed={SEED}")
+    rng = random.Random(SEED)
+    folder = build_tiny(tmp_path_factory.mktemp("seven") / "model", seed=SEED, **TINY)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    reply = tokenizer.encode(ANSWER) + [end]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(80):
+        batch = []
+        for style in ("compact", "cot") * 4:
+            problem = f"{rng.randint(0, 999)}+{rng.randint(0, 999)}"
+            batch.append(tokenizer.encode(format_prompt(problem, tokenizer, style=style), add_special_tokens=False))
+        width = max(len(p) for p in batch) + len(reply)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, prompt in enumerate(batch):  # right padding, loss on the reply only
+            n = len(prompt) + len(reply)
+            ids[row, :n] = torch.tensor(prompt + reply)
+            labels[row, len(prompt):n] = torch.tensor(reply)
+            mask[row, :n] = 1
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(folder)
+    return folder
+
+
+def run(args: list[str], tmp_path) -> dict:
+    out = tmp_path / "result.json"
+    eval_main([*args, f"out={out}", "engine=hf", "max_tokens=12", f"seed={SEED}", "verifier.num_workers=0"])
+    return {r["name"]: r for r in json.loads(out.read_text())["results"]}
+
+
+def test_avg_and_pass_at_k_count_exactly(seven_model, tmp_path):
+    rng = random.Random(SEED + 1)
+    rows = []
+    for i in range(12):
+        gold = 7 if rng.random() < 0.5 else rng.choice([3, 8, 17, 70])
+        rows.append({"problem": f"{rng.randint(0, 9)}+{rng.randint(0, 9)}", "answer": str(gold)})
+    expected = sum(r["answer"] == "7" for r in rows) / len(rows)
+    write_jsonl(rows, tmp_path / "set.jsonl")
+    # greedy: every one of the k samples is the same decode, so avg@k == pass@k == share of 7s
+    result = run([f"model={seven_model}", f"data={tmp_path / 'set.jsonl'}", "k=3", "temperature=0",
+                  "prompt_style=compact"], tmp_path)["set"]
+    assert result["num_prompts"] == 12 and result["k"] == 3
+    assert result["avg@3"] == pytest.approx(expected) and result["pass@3"] == pytest.approx(expected)
+
+
+def test_reads_the_five_benchmark_formats(seven_model, eval_dir, tmp_path):
+    results = run([f"model={seven_model}", f"data={eval_dir}", "k=2", "temperature=0", "max_prompts=3",
+                   "prompt_style=cot"], tmp_path)
+    assert sorted(results) == ["aime24", "amc23", "math500", "minerva_math", "olympiad_bench"]
+    verifier = Verifier(num_workers=0)
+    for name, result in results.items():
+        rows = load_prompts(eval_dir / f"{name}.jsonl")[:3]
+        # the model answers 7 everywhere: the expected score is the share of golds math-equal to 7
+        expected = sum(verifier.score([ANSWER] * len(rows), [r["answer"] for r in rows])) / len(rows)
+        assert result["num_prompts"] == 3
+        assert result["avg@2"] == pytest.approx(expected), name
+        assert result["pass@2"] == pytest.approx(expected), name
+
+
+def test_sampled_scores_are_consistent(seven_model, tmp_path):
+    rows = [{"problem": f"{i}+{i}", "answer": "7" if i % 2 else "5"} for i in range(6)]
+    write_jsonl(rows, tmp_path / "s.jsonl")
+    result = run([f"model={seven_model}", f"data={tmp_path / 's.jsonl'}", "k=4", "temperature=1.0",
+                  "prompt_style=compact"], tmp_path)["s"]
+    assert 0.0 <= result["avg@4"] <= result["pass@4"] <= 0.5  # only the odd rows can be right
+
+
+def test_bad_arguments_fail_before_the_engine(seven_model, tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'kk'"):
+        eval_main([f"model={seven_model}", "data=x.jsonl", "kk=3"])
+    with pytest.raises(ConfigError, match="k=0"):
+        eval_main([f"model={seven_model}", "data=x.jsonl", "k=0"])
+    with pytest.raises(ConfigError, match=r"data='.*missing.jsonl': no such file"):
+        eval_main([f"model={seven_model}", f"data={tmp_path / 'missing.jsonl'}"])
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text((seven_model / "config.json").read_text())
+    with pytest.raises(ConfigError, match="has no tokenizer"):
+        eval_main([f"model={bare}", f"data={tmp_path / 'missing.jsonl'}"])
