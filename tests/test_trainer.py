@@ -311,3 +311,46 @@ def test_lower_zero_stages_match_plain_pytorch(tiny_dir, seed, stage):
     got_norms = trainer.grad_norms(samples)
     for s in samples:
         assert got_norms[s.sample_id] == pytest.approx(math.hypot(*want[s.sample_id]), rel=1e-4)
+
+
+VLLM_SCRIPT = """
+import json, os, sys
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+folder, sequences = sys.argv[1], json.loads(sys.argv[2])
+llm = LLM(model=folder, dtype="float32", gpu_memory_utilization=0.05, enforce_eager=True,
+          distributed_executor_backend="external_launcher")
+outs = llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences],
+                    SamplingParams(max_tokens=1, prompt_logprobs=0))
+print("LOGPROBS", json.dumps([[None] + [d[t].logprob for d, t in zip(o.prompt_logprobs[1:], s[1:])]
+                              for o, s in zip(outs, sequences)]))
+"""
+
+
+def test_save_hf_loads_in_vllm_with_equal_log_probs(tied_trainer, tmp_path, seed):
+    """vLLM (in a subprocess: its own process group and memory) scores the saved folder like we do."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("vllm")
+    trainer, _ = tied_trainer
+    out = trainer.save_hf(tmp_path / "hf")
+    samples = random_samples(random.Random(seed + 47), 3, vocab_high=90)
+    sequences = [list(s.prompt_ids) + list(s.response_ids) for s in samples]
+    with socket.socket() as sock:  # a free port for vLLM's one-process group
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    proc = subprocess.run([sys.executable, "-c", VLLM_SCRIPT, str(out), json.dumps(sequences)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("LOGPROBS ")]
+    assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-4000:]
+    theirs = json.loads(line[0][len("LOGPROBS "):])
+    for s, lp, ref in zip(samples, trainer.logprobs(samples), theirs):
+        torch.testing.assert_close(lp, torch.tensor(ref[len(s.prompt_ids):], dtype=torch.float32), rtol=1e-5,
+                                   atol=1e-5)
