@@ -9,7 +9,12 @@ forward/backward with gradient accumulation, then one AdamW step (warm-up + cosi
 schedule, global grad-norm clipping). The loss of every micro-batch is rescaled so that the
 accumulated gradient equals the gradient of the *global* aggregation (token-mean over all the
 mini-batch's response tokens, or the mean over all its sequences) whatever the split over ranks
-and micro-batches: one rank and many ranks give the same update.
+and micro-batches: one rank and many ranks give the same update. Under ZeRO-3 every forward and
+backward is collective, so ranks with fewer micro-batches run zero-loss padding passes, and with
+"grouped" attention all ranks make the same number of body calls. The loss settings of
+`self.config` (algorithm knobs, loss_agg, kl_coef, grad_norm_params, optimizer_steps_per_call) are
+read at every step: `trainer.config = dataclasses.replace(trainer.config, kl_coef=...)` changes
+them between steps; model, ZeRO and optimizer settings are fixed at construction.
 
 Per-sample gradient norms (GVM's G_i, the norm of the gradient of the summed log-likelihood
 log pi(y|x) of the sequence). The backward of the training loss already holds, per sequence b,
