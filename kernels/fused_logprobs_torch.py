@@ -108,6 +108,14 @@ def backward_chunked(
     want_norms = sq_norms_out is not None
     if want_norms:
         norms = torch.zeros(len(seq_bounds) - 1, dtype=torch.float32, device=hidden.device)
+        spans = [(b, start, end) for b, (start, end) in enumerate(zip(seq_bounds[:-1], seq_bounds[1:])) if end > start]
+        # Per sequence, the cheaper of two exact forms of ||dZ_b^T H_b||^2 (L = its length):
+        # ghost, <dZ_b dZ_b^T, H_b H_b^T> with the [L, L] Gram of dZ summed over chunks (L^2 Vc per
+        # chunk), for L <= d; or the sequence's own [Vc, d] product (L Vc d per chunk) otherwise.
+        dim = h32.shape[1]
+        ghost = [(b, start, end) for b, start, end in spans if end - start <= dim]
+        direct = [(b, start, end) for b, start, end in spans if end - start > dim]
+        dz_grams = {b: torch.zeros(end - start, end - start, device=hidden.device) for b, start, end in ghost}
     rows = torch.arange(n_tokens, device=hidden.device)
     for v0 in range(0, vocab, chunk_size):
         v1 = min(v0 + chunk_size, vocab)
@@ -124,16 +132,14 @@ def backward_chunked(
         if grad_hidden is not None:
             grad_hidden.addmm_(dz, weight[v0:v1].float())
         if want_norms:
-            chunk_grad = torch.zeros(v1 - v0, h32.shape[1], dtype=torch.float32, device=hidden.device)
-            for b, (start, end) in enumerate(zip(seq_bounds[:-1], seq_bounds[1:])):
-                if end > start:
-                    part = dz[start:end].T @ h32[start:end]  # this sequence's share of dW's chunk
-                    norms[b] += part.pow(2).sum()
-                    chunk_grad += part
-        elif grad_weight is not None:
-            chunk_grad = dz.T @ h32
+            for b, start, end in ghost:
+                dz_grams[b].addmm_(dz[start:end], dz[start:end].T)
+            for b, start, end in direct:
+                norms[b] += torch.linalg.vector_norm(dz[start:end].T @ h32[start:end]).square()
         if grad_weight is not None:
-            grad_weight[v0:v1] = chunk_grad.to(weight.dtype)
+            grad_weight[v0:v1] = (dz.T @ h32).to(weight.dtype)
     if want_norms:
+        for b, start, end in ghost:
+            norms[b] = (dz_grams[b] * (h32[start:end] @ h32[start:end].T)).sum()
         sq_norms_out.copy_(norms)
     return (None if grad_hidden is None else grad_hidden.to(hidden.dtype)), grad_weight
