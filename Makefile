@@ -9,3 +9,8 @@ install:
 
 test: install
 	$(PYTHON) -m pytest -q tests
+
+# The built-in default run: tiny model, arithmetic task, warm start, then GVM-RAFT++ (CPU, minutes).
+.PHONY: run
+run: install
+	$(PYTHON) gvm/train.py

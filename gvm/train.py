@@ -330,8 +330,12 @@ def main(cfg: RunConfig) -> dict:
 
     start_iteration, samples_generated, loop_seconds = 0, 0, 0.0
     if resume_from is not None:
-        trainer.load_checkpoint(run_dir / "checkpoints")
         state = json.loads((resume_from / LOOP_STATE).read_text())
+        if state.get("world_size", gdist.world_size()) != gdist.world_size():
+            raise ConfigError(f"config key resume=true: {resume_from} was written by {state['world_size']} ranks, this "
+                              f"launch has {gdist.world_size()}; ZeRO's optimizer state cannot be re-partitioned, "
+                              f"so launch with the same number of ranks")
+        trainer.load_checkpoint(run_dir / "checkpoints")
         start_iteration, samples_generated, loop_seconds = state["iteration"], state["samples_generated"], state["seconds"]
         stats.load_state_dict(state["stats"])
         rollouts.push_weights(trainer)
@@ -349,7 +353,7 @@ def main(cfg: RunConfig) -> dict:
         if rank == 0:
             (tag_dir / LOOP_STATE).write_text(json.dumps({
                 "iteration": next_iteration, "samples_generated": samples_generated, "seconds": loop_seconds,
-                "stats": stats.state_dict()}))
+                "world_size": gdist.world_size(), "stats": stats.state_dict()}))
         gdist.barrier()
 
     first_eval = None

@@ -2,6 +2,7 @@
 (gvm/config.py). No model or engine is started here."""
 import dataclasses
 import random
+from pathlib import Path
 
 import pytest
 import yaml
@@ -63,7 +64,7 @@ def test_shortcuts_and_yaml_file_then_overrides(tmp_path, rng):
 def test_saved_config_loads_back_equal(tmp_path, rng):
     overrides = [f"seed={rng.randint(0, 10**6)}", f"sampler.alpha={rng.uniform(0, 0.1)}",
                  f"trainer.clip_high={rng.uniform(0.2, 0.4)}", f"task.num_train={rng.randint(50, 5000)}",
-                 "task.level_weights=[1, 1, 2, 3, 3]", "rollout.sampling.stop_token_ids=[5, 7]"]
+                 "task.levels=[1, 2, 3, 4, 5]", "task.level_weights=[1, 1, 2, 3, 3]", "rollout.sampling.stop_token_ids=[5, 7]"]
     cfg = load_config(None, overrides)
     path = tmp_path / "config.yaml"
     path.write_text(cfg.to_yaml())
@@ -161,3 +162,11 @@ def test_config_is_frozen():
     cfg = RunConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3
+
+
+@pytest.mark.parametrize("preset", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_presets_load_and_name_their_run(preset):
+    cfg = load_config(preset, ["model=/any/model", "train_data=/any/train.jsonl"])
+    assert cfg.name == preset.stem
+    assert cfg.sampler.kind in ("gvm", "uniform") and cfg.algorithm in ("raft++", "grpo")
