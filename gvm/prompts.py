@@ -11,7 +11,6 @@ so that acceptance rates spread further.
 """
 from __future__ import annotations
 
-import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,16 +137,3 @@ class PromptBatches:
             epoch, offset = divmod(position, n)
             out.append(self.prompts[int(self._order(epoch)[offset])])
         return out
-
-
-def solution_samples_text(rows: list[dict], solution_key: str) -> list[tuple[str, str]]:
-    """(problem, solution) pairs for the supervised warm start; rows without a solution are skipped."""
-    pairs = [(row["problem"], row[solution_key]) for row in rows
-             if isinstance(row.get(solution_key), str) and row[solution_key].strip()]
-    return pairs
-
-
-def shuffled(items: list, seed: int) -> list:
-    out = list(items)
-    random.Random(seed).shuffle(out)
-    return out

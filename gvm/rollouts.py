@@ -9,7 +9,6 @@ are dealt longest-job-first by sample count, so replicas finish about together. 
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -21,9 +20,6 @@ from gvm.prompts import Prompt
 from gvm.rollout.base import Completion, Engine, SamplingConfig
 from gvm.rollout.weight_sync import SyncRecord, sync_weights
 from gvm.verify import Verifier
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class RolloutBatch:

@@ -273,7 +273,7 @@ def main(cfg: RunConfig) -> dict:
     from gvm.stats import PromptStats
     from gvm.trainer import PolicyTrainer
     from gvm.verify import Verifier
-    from gvm.warmstart import DONE_FILE, is_done, warm_start
+    from gvm.warmstart import is_done, warm_start
 
     gdist.init_distributed()
     rank = gdist.rank()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from gvm.prompts import encode_prompt
 from gvm.trainer import PolicyTrainer
 from gvm.trainer_config import TrainerConfig
 
-log = logging.getLogger(__name__)
 
 DONE_FILE = "WARMSTART_DONE"  # written last: a folder without it is an interrupted warm start
 

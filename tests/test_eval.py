@@ -2,6 +2,7 @@
 on a tiny model taught to always answer \\boxed{7}, so the expected scores are known exactly."""
 import json
 import random
+import string
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from gvm.verify import Verifier
 SEED = random.randrange(2**31)
 TINY = dict(hidden_size=64, num_heads=2, num_kv_heads=1, head_dim=32, intermediate_size=128)
 ANSWER = "\\boxed{7}"
+ALPHABET = string.ascii_letters + string.digits + " +-*/=()$\\{}^_.,?"
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +32,11 @@ def seven_model(tmp_path_factory):
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     reply = tokenizer.encode(ANSWER) + [end]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for step in range(80):
+    for step in range(400):  # until the reply is learnt (a loss of 0.003)
         batch = []
         for style in ("compact", "cot") * 4:
-            problem = f"{rng.randint(0, 999)}+{rng.randint(0, 999)}"
+            # any text: short sums like the test's rows, long ones like the benchmark problems
+            problem = "".join(rng.choice(ALPHABET) for _ in range(rng.choice((1, 3, 5, 20, 80, 300))))
             batch.append(tokenizer.encode(format_prompt(problem, tokenizer, style=style), add_special_tokens=False))
         width = max(len(p) for p in batch) + len(reply)
         ids = torch.full((len(batch), width), tokenizer.pad_token_id)
@@ -44,9 +47,13 @@ def seven_model(tmp_path_factory):
             ids[row, :n] = torch.tensor(prompt + reply)
             labels[row, len(prompt):n] = torch.tensor(reply)
             mask[row, :n] = 1
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+        if loss.item() < 0.003:
+            break
+    assert loss.item() < 0.003, f"the tiny model did not learn its fixed reply (loss {loss.item():.3f})"
     model.save_pretrained(folder)
     return folder
 
