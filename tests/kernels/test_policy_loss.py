@@ -222,7 +222,7 @@ def test_aggregations_differ_and_seq_means_skip_fully_masked_sequences(rng):
 @pytest.mark.parametrize("side", ["upper", "lower"])
 def test_exact_clip_boundary_takes_the_unclipped_branch_and_gradient(side, rng):
     """s_t exactly 1 + clip_high (A > 0) or 1 - clip_low (A < 0): both terms are equal; the
-    unclipped gradient -A s flows and the token is not counted as clipped. One ulp further out the
+    unclipped gradient -A s flows and the token is not counted as clipped. One ratio ulp further out the
     clipped branch wins and the gradient is 0."""
     lp = -rng.uniform(0.5, 3.0)
     log_ratio = math.log(1.2) if side == "upper" else math.log(0.8)
@@ -230,8 +230,14 @@ def test_exact_clip_boundary_takes_the_unclipped_branch_and_gradient(side, rng):
     # s - 1 and 1 - s are exact in fp64 for s in (0.5, 2), so 1 +- clip reproduces s bit for bit
     clip_high, clip_low, adv = (s - 1.0, 0.2, 1.5) if side == "upper" else (0.2, 1.0 - s, -1.5)
     assert (1.0 + clip_high == s) if side == "upper" else (1.0 - clip_low == s)
-    for old, is_boundary in ((lp - log_ratio, True),
-                             (math.nextafter(lp - log_ratio, -math.inf if side == "upper" else math.inf), False)):
+    # the nearest old_logp whose ratio rounds strictly past the boundary: one ulp of old_logp may
+    # not move exp(lp - old) at all, so step until it does
+    outward = -math.inf if side == "upper" else math.inf
+    beyond = lp - log_ratio
+    while exp64(lp - beyond) == s:
+        beyond = math.nextafter(beyond, outward)
+    assert (exp64(lp - beyond) > s) if side == "upper" else (exp64(lp - beyond) < s)
+    for old, is_boundary in ((lp - log_ratio, True), (beyond, False)):
         logp = torch.tensor([lp], dtype=torch.float64, requires_grad=True)
         loss, metrics = policy_loss(logp, torch.tensor([old], dtype=torch.float64), torch.tensor([adv], dtype=torch.float64),
                                     kind="raft++", clip_low=clip_low, clip_high=clip_high)
