@@ -181,9 +181,22 @@ def main(argv=None) -> dict:
                       f"{r['reached']}/{r['runs']}", f"{speed:.2f}x" if speed else "-"])
     print(f"\nheld-out accuracy at the start (warm start): {start_accuracy:.3f}; target {target:.3f}")
     print_table(headers, table)
+    seed_headers = ["method", "seed", "final acc", f"samples to {target:.3f}", f"seconds to {target:.3f}",
+                    "samples", "seconds"]
+    seed_table = []
+    for m in methods:
+        for seed, c in curves[m].items():
+            samples, seconds = to_target(c, target)
+            seed_table.append([m, str(seed), f"{c[-1][2]:.3f}", f"{samples:.0f}" if samples else "never",
+                               f"{seconds:.0f}" if seconds else "never", f"{c[-1][0]}", f"{c[-1][1]:.0f}"])
+    print_table(seed_headers, seed_table)
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    md = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(r) + " |" for r in table]
+    def markdown(heads: list[str], body: list[list[str]]) -> list[str]:
+        return ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)] + ["| " + " | ".join(r) + " |" for r in body]
+
+    md = markdown(headers, table) + ["", "Per seed (samples and RL seconds at the end of the run in the last two columns):",
+                                     ""] + markdown(seed_headers, seed_table)
     (RESULTS_DIR / "bench_convergence.md").write_text(
         f"Machine: {machine_name()}. Seeds {args.seeds}; {args.iterations} iterations x {args.prompts} prompts x "
         f"{args.per_prompt} samples per prompt (GVM: pilot {args.pilot} + allocated {args.per_prompt - args.pilot} "

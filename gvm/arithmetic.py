@@ -18,6 +18,7 @@ Subtraction never goes below zero, so every gold answer is a non-negative intege
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -161,19 +162,28 @@ class ArithmeticTask:
 
 
 def make_split(num_train: int, num_eval: int, *, seed: int = 0, levels: Sequence[int] = LEVELS,
-               max_tries: int = 200) -> tuple[list[dict], list[dict]]:
+               weights: Sequence[float] | None = None, max_tries: int = 200) -> tuple[list[dict], list[dict]]:
     """Train and held-out eval rows with no problem text in common and none repeated.
 
-    Levels are drawn uniformly; a level whose distinct problems run out (level 1 has only 155)
-    stops being drawn after `max_tries` misses, so big splits hold fewer easy problems rather
-    than duplicates. Eval is drawn first, so its problems do not depend on `num_train`.
-    Raises ValueError when all levels run out before both splits are full.
+    Levels are drawn uniformly, or in proportion to `weights` (one per level, e.g. more hard
+    problems so that acceptance rates spread further). A level whose distinct problems run out
+    (level 1 has only 155) stops being drawn after `max_tries` misses, so big splits hold fewer
+    easy problems rather than duplicates. Eval is drawn first, so its problems do not depend on
+    `num_train`. Raises ValueError when all levels run out before both splits are full.
     """
     if num_train < 0 or num_eval < 0:
         raise ValueError(f"num_train and num_eval must be >= 0, got {num_train} and {num_eval}")
+    if weights is not None and (len(weights) != len(levels) or any(w < 0 for w in weights) or sum(weights) <= 0):
+        raise ValueError(f"weights must be {len(levels)} non-negative numbers, not all 0; got {list(weights)}")
     task = ArithmeticTask(seed, levels)
     seen: set[str] = set()
-    open_levels = list(task.levels)
+    open_levels = {level: 1.0 if weights is None else float(w)
+                   for level, w in zip(task.levels, weights or task.levels) if weights is None or w > 0}
+
+    def pick_level() -> int:
+        if weights is None:
+            return task.rng.choice(list(open_levels))
+        return task.rng.choices(list(open_levels), weights=list(open_levels.values()))[0]
 
     def draw(count: int) -> list[dict]:
         rows: list[dict] = []
@@ -183,7 +193,7 @@ def make_split(num_train: int, num_eval: int, *, seed: int = 0, levels: Sequence
                     f"levels {list(task.levels)} hold fewer than {num_train + num_eval} distinct "
                     f"problems; lower num_train/num_eval or add harder levels"
                 )
-            level = task.rng.choice(open_levels)
+            level = pick_level()
             for _ in range(max_tries):
                 problem = task.sample_level(level)
                 if problem.problem not in seen:
@@ -191,8 +201,72 @@ def make_split(num_train: int, num_eval: int, *, seed: int = 0, levels: Sequence
                     rows.append(problem.to_row(len(rows)))
                     break
             else:
-                open_levels.remove(level)
+                del open_levels[level]
         return rows
 
     eval_rows = draw(num_eval)
     return draw(num_train), eval_rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Slips: warm-start solutions with misread digits
+
+
+_EXPRESSION = re.compile(r"(\d+)([+*-])(\d+)(?:([+-])(\d+))?")
+
+
+def solve(expression: str, level: int = 0) -> Problem:
+    """The worked solution of an expression the generators write (`a+b`, `a-b`, `a*b`, `a+b-c`,
+    `a*b+c`). Raises ValueError for anything else, or a result below zero."""
+    match = _EXPRESSION.fullmatch(expression)
+    if match is None:
+        raise ValueError(f"not an arithmetic-task expression: {expression!r}")
+    a, op, b, op2, c = match.groups()
+    a, b = int(a), int(b)
+    if op2 is None:
+        if op == "-" and a < b:
+            raise ValueError(f"{expression}: below zero")
+        return {"+": _add, "-": _subtract, "*": _multiply}[op](a, b, level)
+    if (op, op2) == ("+", "-") and a + b >= int(c):
+        return _add_then_subtract(a, b, int(c), level)
+    if (op, op2) == ("*", "+"):
+        return _multiply_then_add(a, b, int(c), level)
+    raise ValueError(f"not an arithmetic-task expression: {expression!r}")
+
+
+def misread(expression: str, rng: random.Random, rate: float) -> str:
+    """The expression with each operand digit, with probability `rate`, read one higher or lower
+    (a leading digit never becomes 0). Operators are kept."""
+    def read(number: str) -> str:
+        digits = list(number)
+        for k, digit in enumerate(digits):
+            if rng.random() < rate:
+                changed = int(digit) + rng.choice((-1, 1))
+                if (1 if k == 0 and len(digits) > 1 else 0) <= changed <= 9:
+                    digits[k] = str(changed)
+        return "".join(digits)
+
+    return "".join(read(part) if part.isdigit() else part for part in re.split(r"([+*-])", expression))
+
+
+def with_slips(rows: list[dict], rate: float, seed: int) -> list[dict]:
+    """Rows whose worked `solution` is, where a digit was misread, the correct working of the
+    misread problem: consistent steps that box a wrong answer. `problem` and the gold `answer`
+    are unchanged. A model warm-started on these makes the same slips at the same rate, more of
+    them on longer numbers (a harder tail); reward-filtered RL learns to stop making them, which
+    is the improvement the built-in run shows. rate 0 returns the rows unchanged."""
+    if not 0 <= rate <= 1:
+        raise ValueError(f"slip rate must lie in [0, 1], got {rate}")
+    if rate == 0:
+        return rows
+    rng = random.Random(seed)
+    out = []
+    for row in rows:
+        seen = misread(row["problem"], rng, rate)
+        if seen != row["problem"]:
+            try:
+                row = {**row, "solution": solve(seen, row.get("level", 0)).solution}
+            except ValueError:      # the misread problem would go below zero: read it right
+                pass
+        out.append(row)
+    return out

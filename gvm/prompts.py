@@ -4,21 +4,17 @@ formatted and tokenized once, and a deterministic order of prompt batches.
 `Prompt.key` is the row's stable index in the training set: it keys the per-prompt statistics
 (gvm.stats) and the allocation audit log. Batches depend only on (seed, iteration), so a resumed
 run continues with the batch it would have taken.
-
-`mixed_split` is the built-in task with a difficulty mix: levels drawn with given weights
-instead of uniformly (gvm.arithmetic.make_split draws them uniformly), e.g. more hard problems
-so that acceptance rates spread further.
 """
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from gvm.arithmetic import LEVELS, ArithmeticTask, make_split
+from gvm.arithmetic import make_split, with_slips
 from gvm.data import format_prompt, load_prompts, write_jsonl
 from gvm.verify import normalize_gold
 
@@ -30,39 +26,6 @@ class Prompt:
     gold: str | list[str]        # normalised gold answer(s)
     token_ids: list[int]         # the formatted prompt, tokenized
     row: dict = field(repr=False, default_factory=dict)  # the source row (solution, level, ...)
-
-
-def mixed_split(num_train: int, num_eval: int, *, seed: int = 0, levels: Sequence[int] = LEVELS,
-                weights: Sequence[float] | None = None, max_tries: int = 200) -> tuple[list[dict], list[dict]]:
-    """Like `gvm.arithmetic.make_split` (distinct problems, eval drawn first, no overlap), with
-    levels drawn in proportion to `weights`; None gives make_split's uniform mix exactly."""
-    if weights is None:
-        return make_split(num_train, num_eval, seed=seed, levels=levels, max_tries=max_tries)
-    if len(weights) != len(levels) or any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"weights must be {len(levels)} non-negative numbers, not all 0; got {list(weights)}")
-    task = ArithmeticTask(seed, levels)
-    seen: set[str] = set()
-    open_levels = {level: float(w) for level, w in zip(levels, weights) if w > 0}
-
-    def draw(count: int) -> list[dict]:
-        rows: list[dict] = []
-        while len(rows) < count:
-            if not open_levels:
-                raise ValueError(f"levels {list(levels)} with weights {list(weights)} hold fewer than "
-                                 f"{num_train + num_eval} distinct problems; lower the sizes or add levels")
-            level = task.rng.choices(list(open_levels), weights=list(open_levels.values()))[0]
-            for _ in range(max_tries):
-                problem = task.sample_level(level)
-                if problem.problem not in seen:
-                    seen.add(problem.problem)
-                    rows.append(problem.to_row(len(rows)))
-                    break
-            else:
-                del open_levels[level]
-        return rows
-
-    eval_rows = draw(num_eval)
-    return draw(num_train), eval_rows
 
 
 def encode_prompt(problem: str, tokenizer: Any, style: str) -> list[int]:
@@ -101,8 +64,9 @@ def load_rows(cfg, data_dir: Path | None = None) -> tuple[list[dict], list[dict]
     so `python -m gvm.eval` can read the same held-out set) or the configured files."""
     if cfg.builtin_task:
         task = cfg.task
-        train, held_out = mixed_split(task.num_train, task.num_eval, seed=task.seed, levels=task.levels,
-                                      weights=task.level_weights)
+        train, held_out = make_split(task.num_train, task.num_eval, seed=task.seed, levels=task.levels,
+                                     weights=task.level_weights)
+        train = with_slips(train, task.slip_rate, seed=task.seed)
         if data_dir is not None:
             write_jsonl(train, Path(data_dir) / "train.jsonl")
             write_jsonl(held_out, Path(data_dir) / "eval.jsonl")

@@ -4,12 +4,13 @@ import random
 import re
 import statistics
 import warnings
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gvm.arithmetic import LEVELS, ArithmeticTask, make_split
+from gvm.arithmetic import LEVELS, ArithmeticTask, make_split, misread, solve, with_slips
 from gvm.data import COT_INSTRUCTION, SYSTEM_PROMPT, format_prompt, load_prompts, write_jsonl
 from gvm.toy import build_tokenizer
 
@@ -276,3 +277,81 @@ def test_split_stops_when_levels_run_out_of_distinct_problems():
     assert not {r["problem"] for r in train} & {r["problem"] for r in held_out}
     with pytest.raises(ValueError, match="fewer than 200 distinct"):
         make_split(150, 50, levels=(1,))
+
+
+def test_split_follows_level_weights():
+    seed = random.randrange(2**31)
+    print(f"seed={seed}")
+    train, held = make_split(600, 100, seed=seed, levels=(2, 3, 5), weights=(1.0, 0.0, 3.0))
+    levels = Counter(r["level"] for r in train + held)
+    assert set(levels) == {2, 5} and levels[5] > 2 * levels[2]
+    assert not {r["problem"] for r in train} & {r["problem"] for r in held}
+    assert len({r["problem"] for r in train}) == 600
+    with pytest.raises(ValueError, match="weights"):
+        make_split(10, 10, levels=(2, 3), weights=(1.0,))
+
+
+# ------------------------------------------------------------------------- slips
+
+
+def test_solve_reproduces_every_generator_and_rejects_other_text():
+    task = ArithmeticTask(random.randrange(2**31))
+    for level in LEVELS:
+        for _ in range(100):
+            problem = task.sample_level(level)
+            assert solve(problem.problem, level) == problem
+    for bad in ("3-7", "1+2*3", "12/4", "x+1", "5+6-12"):
+        with pytest.raises(ValueError):
+            solve(bad)
+
+
+def test_misread_changes_digits_by_one_and_keeps_the_shape():
+    rng = random.Random(random.randrange(2**31))
+    assert misread("123*45+6", rng, 0.0) == "123*45+6"
+    for _ in range(500):
+        expression = ArithmeticTask(rng.randrange(2**31)).sample(1)[0].problem
+        seen = misread(expression, rng, 0.5)
+        assert len(seen) == len(expression)
+        for a, b, in zip(re.split(r"[+*-]", expression), re.split(r"[+*-]", seen)):
+            assert len(a) == len(b) and (len(b) == 1 or b[0] != "0")
+            assert all(abs(int(x) - int(y)) <= 1 for x, y in zip(a, b))
+
+
+def test_slipped_solutions_are_consistent_work_on_a_misread_problem():
+    seed = random.randrange(2**31)
+    print(f"seed={seed}")
+    rate = 0.15
+    train, _ = make_split(3000, 0, seed=seed, levels=(2, 3))
+    slipped = with_slips(train, rate, seed=seed)
+    assert with_slips(train, 0.0, seed=seed) == train
+    changed, expected = 0, 0.0
+    for clean, row in zip(train, slipped):
+        assert {k: v for k, v in row.items() if k != "solution"} == {k: v for k, v in clean.items() if k != "solution"}
+        digits = sum(c.isdigit() for c in clean["problem"])
+        expected += 1 - (1 - rate) ** digits
+        if row["solution"] != clean["solution"]:
+            changed += 1
+            boxed = BOXED.findall(row["solution"])[-1]
+            misread_problem = next(p for p in _operand_variants(clean["problem"]) if solve(p).answer == boxed
+                                   and solve(p).solution == row["solution"])
+            assert misread_problem != clean["problem"]
+    # a misread that would go below zero is read right, and +-1 at a digit's edge is skipped: a bit fewer
+    assert 0.7 * expected < changed <= expected + 4 * expected**0.5
+    with pytest.raises(ValueError, match="slip rate"):
+        with_slips(train, 1.5, seed=seed)
+
+
+def _operand_variants(expression: str):
+    """Every expression whose digits differ from `expression`'s by at most one each (and that
+    solve() accepts): the misreads that could have produced a slipped solution."""
+    import itertools
+    positions = [i for i, c in enumerate(expression) if c.isdigit()]
+    for deltas in itertools.product((-1, 0, 1), repeat=len(positions)):
+        chars = list(expression)
+        for i, d in zip(positions, deltas):
+            chars[i] = str(int(chars[i]) + d) if 0 <= int(chars[i]) + d <= 9 else chars[i]
+        try:
+            solve("".join(chars))
+        except ValueError:
+            continue
+        yield "".join(chars)

@@ -24,16 +24,17 @@ from gvm.train import main, parse_args  # noqa: E402
 
 TRAIN = Path(__file__).resolve().parents[1] / "gvm" / "train.py"
 SEED = random.randrange(2**31)
-ITERATIONS = 5
+ITERATIONS = 20
 PROMPTS, PILOT, PER_PROMPT = 64, 4, 4
-# Reduced size: level-2 problems only (carries, borrows, products: p_i spreads over (0, 1) after
-# 300 warm-start steps), a per-prompt cap of twice the average, evaluation at the end only.
-SMALL = [f"seed={SEED}", f"iterations={ITERATIONS}", "checkpoint_every=2", "log.progress=false",
-         "task.levels=[2]", "task.level_weights=null", "task.num_train=1000", "task.num_eval=100",
-         "warmstart.steps=300", "trainer.lr=3e-4", "trainer.warmup_steps=2",
-         f"data.prompts_per_iteration={PROMPTS}", f"sampler.pilot_n={PILOT}", f"sampler.n_per_prompt={PER_PROMPT}",
-         "sampler.max_per_prompt=8", "rollout.sampling.max_tokens=40", "rollout.vllm={cpu_kv_cache_bytes: 33554432}",
-         f"eval.every={ITERATIONS}"]
+EVAL_PROMPTS, EVAL_K = 200, 16
+# The built-in default (task, warm start, GVM sampler, learning rate, 20 iterations) with
+# evaluation before and after only, at 16 samples per prompt so that the paired before/after
+# difference has a standard error of about 0.01. The warm-started model misreads digits and RL
+# removes the slips: on 2 CPU cores the default run went 0.237 -> 0.286 (avg@4).
+SMALL = [f"seed={SEED}", f"iterations={ITERATIONS}", "checkpoint_every=10", "log.progress=false",
+         f"task.num_eval={EVAL_PROMPTS}", f"eval.k={EVAL_K}", f"data.prompts_per_iteration={PROMPTS}",
+         f"sampler.pilot_n={PILOT}", f"sampler.n_per_prompt={PER_PROMPT}",
+         "rollout.vllm={cpu_kv_cache_bytes: 33554432}", f"eval.every={ITERATIONS}"]
 
 
 def _free_port() -> int:
@@ -62,13 +63,11 @@ def run(tmp_path_factory):
     """One two-rank run of the built-in default at a reduced size."""
     print(f"seed={SEED}")
     root = tmp_path_factory.mktemp("runs")
-    proc = _launch([f"run_root={root}", "name=small", *SMALL], ranks=2)
+    proc = _launch([f"run_root={root}", "name=small", *SMALL], ranks=2, timeout=1200)
     print(proc.stdout[-3000:])
     return root / "small", proc.stdout
 
 
-@pytest.mark.xfail(strict=False, reason="at this size (5 iterations, tiny model) RL moves the held-out accuracy "
-                   "by less than its noise; measured 0.065 -> 0.060 and 0.092 -> 0.115 on two seeds (CPU, 2 cores)")
 def test_held_out_accuracy_rises_above_the_warm_start(run):
     run_dir, stdout = run
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -104,7 +103,7 @@ def test_run_folder_holds_logs_plot_checkpoint_and_model(run):
     assert [r["samples_generated"] for r in rows] == [per_iteration * t for t in range(ITERATIONS + 1)]
     last = rows[-1]
     assert set(last["time"]) >= {"pilot_rollout", "verify", "train_pilot", "allocate", "rollout", "train", "sync"}
-    assert last["eval"]["num_prompts"] == 100 and sum(last["accept_hist"]) == PROMPTS
+    assert last["eval"]["num_prompts"] == EVAL_PROMPTS and sum(last["accept_hist"]) == PROMPTS
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert (run_dir / "accuracy.png").stat().st_size > 1000
     assert (run_dir / "final" / "config.json").is_file() and (run_dir / "final" / "tokenizer.json").is_file()

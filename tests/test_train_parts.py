@@ -3,15 +3,13 @@ sample construction, dealing prompts to engine replicas, prompt batches, the tas
 mix, the allocation fallback and the table's histogram. Fresh random inputs each run."""
 import math
 import random
-from collections import Counter
 
 import numpy as np
 import pytest
 from gvm.algorithms import ALGORITHMS, advantages_with_baseline, get_algorithm
 from gvm.allocation import allocate
-from gvm.arithmetic import make_split
 from gvm.config import SamplerConfig
-from gvm.prompts import Prompt, PromptBatches, mixed_split
+from gvm.prompts import Prompt, PromptBatches
 from gvm.rollout.base import Completion
 from gvm.rollouts import RolloutBatch, deal
 from gvm.run_log import acceptance_histogram, format_header, format_row
@@ -143,16 +141,6 @@ def test_prompt_batches_are_deterministic_epochs(rng):
     assert sorted(epoch) == list(range(len(prompts)))                        # a permutation per epoch
     with pytest.raises(ValueError, match="prompts_per_iteration"):
         PromptBatches(prompts, len(prompts) + 1, 0)
-
-
-def test_mixed_split_follows_the_weights(rng):
-    seed = int(rng.integers(0, 10**6))
-    train, held = mixed_split(600, 100, seed=seed, levels=(2, 3, 5), weights=(1.0, 0.0, 3.0))
-    levels = Counter(r["level"] for r in train + held)
-    assert set(levels) == {2, 5} and levels[5] > 2 * levels[2]
-    assert not {r["problem"] for r in train} & {r["problem"] for r in held}
-    assert len({r["problem"] for r in train}) == 600
-    assert mixed_split(50, 10, seed=seed) == make_split(50, 10, seed=seed)
 
 
 # ------------------------------------------------------------------------- allocation, table
