@@ -169,7 +169,8 @@ class SamplerConfig:
     alpha: float = 1e-3                  # paper defaults; w_i = G_i / sqrt(p_i + alpha p_i^(1 - beta))
     beta: float = 2.0
     min_per_prompt: int = 0
-    max_per_prompt: int | None = 32     # no prompt takes more than this (the paper: no cap)
+    max_per_prompt: int | None = 8      # no prompt takes more than this (the paper: no cap); 32 let a few prompts
+                                         # take most of the budget and made noisy steps (near-duplicate samples)
     filter_threshold: float | None = None    # drop prompts with p_i above it (too easy)
     filter_insufficient: float | None = None  # drop prompts whose p_i * n_i is below it
     zero_accept: str = "explore"         # unsolved prompts: "skip" (the paper) or "explore" (a few samples)
@@ -230,7 +231,7 @@ class RolloutConfig:
 class EvalConfig:
     """Held-out accuracy during training (the same code as `python -m gvm.eval`)."""
     every: int = 2                       # iterations between evaluations; 0: only before and after
-    k: int = 4                           # samples per prompt: avg@k (the accuracy) and pass@k
+    k: int = 8                           # samples per prompt: avg@k (the accuracy) and pass@k (4: too noisy)
     temperature: float = 1.0             # the policy RL trains; greedy (0) lags it on the tiny model
     max_tokens: int | None = None        # null: rollout.sampling.max_tokens
 
