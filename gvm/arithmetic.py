@@ -177,8 +177,8 @@ def make_split(num_train: int, num_eval: int, *, seed: int = 0, levels: Sequence
         raise ValueError(f"weights must be {len(levels)} non-negative numbers, not all 0; got {list(weights)}")
     task = ArithmeticTask(seed, levels)
     seen: set[str] = set()
-    open_levels = {level: 1.0 if weights is None else float(w)
-                   for level, w in zip(task.levels, weights or task.levels) if weights is None or w > 0}
+    level_weights = dict.fromkeys(task.levels, 1.0) if weights is None else dict(zip(task.levels, weights))
+    open_levels = {level: float(w) for level, w in level_weights.items() if w > 0}
 
     def pick_level() -> int:
         if weights is None:
@@ -263,10 +263,12 @@ def with_slips(rows: list[dict], rate: float, seed: int) -> list[dict]:
     out = []
     for row in rows:
         seen = misread(row["problem"], rng, rate)
-        if seen != row["problem"]:
-            try:
-                row = {**row, "solution": solve(seen, row.get("level", 0)).solution}
-            except ValueError:      # the misread problem would go below zero: read it right
-                pass
-        out.append(row)
+        if seen == row["problem"]:
+            out.append(row)
+            continue
+        try:
+            solution = solve(seen, row.get("level", 0)).solution
+        except ValueError:          # the misread problem would go below zero: read it right
+            solution = row["solution"]
+        out.append({**row, "solution": solution})
     return out
