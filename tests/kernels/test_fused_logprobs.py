@@ -176,10 +176,18 @@ def test_torch_path_half_precision_no_worse_than_naive(dtype):
 
 
 def assert_no_worse_than_naive(ours: Result, naive: Result, oracle: Result, seed: int, slack: float = 2e-4) -> None:
+    """Each output at least as accurate as the naive one, plus `slack`. The squared norms get one
+    unit roundoff of the input dtype per factor instead: the Triton path stores dz in the input
+    dtype for the dW product (the GEMM's operand type), so a squared norm carries two roundings
+    the oracle lacks, while the naive's error over a few norms is luck of its output rounding
+    (CI seed 1284076964: bf16 ours 1.1e-3, naive 7.1e-4). A wrong kernel errs by far more."""
+    dtype = naive.grad_weight.dtype  # the inputs' dtype (logp is float32)
+    unit_roundoff = torch.finfo(dtype).eps / 2 if dtype in (torch.bfloat16, torch.float16) else 0.0
     for field in ("logp", "entropy", "grad_hidden", "grad_weight", "sq_norms"):
         err_ours = rel_error(getattr(ours, field), getattr(oracle, field))
         err_naive = rel_error(getattr(naive, field), getattr(oracle, field))
-        assert err_ours <= err_naive + slack, (
+        allowed = err_naive + max(slack, 2 * unit_roundoff if field == "sq_norms" else 0.0)
+        assert err_ours <= allowed, (
             f"{field}: ours {err_ours:.2e} vs naive {err_naive:.2e} relative error (seed {seed})")
 
 
