@@ -25,8 +25,12 @@ from gvm.verify import REASONS, Verifier, VerifierConfig, extract_answer, normal
 SELF_CONSISTENCY_MIN = {"math500": 0.99, "aime24": 1.0, "amc23": 1.0, "minerva_math": 0.99,
                         "olympiad_bench": 0.99}
 # Another problem's (different) gold may still be equal for math-verify, e.g. gold "5" and "x=5"
-# (MATH500: 1 of 498 pairs). Measured 0-0.2 % per file.
+# (MATH500: 1 of 498 pairs; OlympiadBench "k=1" and "1"). Measured 0-0.2 % per file, so a sample
+# of 40-80 pairs may hold one or two such pairs by chance (Minerva: 1 of 37 in one run, 0 of
+# 3,100 in a re-measurement): allow 1 % of the pairs but at least two. A verifier that accepts
+# wrong answers accepts far more.
 WRONG_PAIR_MAX_ACCEPTED = 0.01
+WRONG_PAIR_MIN_ALLOWED = 2
 _NUMBER_RE = re.compile(r"-?\d+(\.\d+)?")
 
 rng = random.Random()  # fresh each run; the seed is printed so that a failure can be replayed
@@ -122,7 +126,7 @@ def test_different_value_scores_zero(scored_file):
     assert [p for p in numeric if p[2] != 0.0] == []
     accepted = [p for p in other if p[2] != 0.0]
     print(f"{name}: another problem's gold accepted {len(accepted)}/{len(other)}: {accepted}")
-    assert len(accepted) <= WRONG_PAIR_MAX_ACCEPTED * max(1, len(other))
+    assert len(accepted) <= max(WRONG_PAIR_MIN_ALLOWED, WRONG_PAIR_MAX_ACCEPTED * len(other))
     assert set(reasons) <= {"wrong", "correct"}  # parsed and compared, not failed
 
 
