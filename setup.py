@@ -10,7 +10,7 @@ setup(
     version="0.1.0",
     description="GVM-RAFT: gradient-variance-minimising sample allocation for chain-of-thought RL",
     python_requires=">=3.10",
-    packages=["gvm", "gvm.rollout", "gvm_kernels"],
+    packages=["gvm", "gvm.engines", "gvm_kernels"],
     package_dir={"gvm_kernels": "kernels"},
     install_requires=[
         "torch>=2.6",

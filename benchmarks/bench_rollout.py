@@ -29,9 +29,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import append_results, machine_name, print_table, time_fn  # noqa: E402
 
-from gvm.rollout.base import SamplingConfig  # noqa: E402
-from gvm.rollout.hf_engine import HFEngine, HFEngineConfig  # noqa: E402
-from gvm.rollout.vllm_engine import VLLMEngine, VLLMEngineConfig  # noqa: E402
+from gvm.engines.base import SamplingConfig  # noqa: E402
+from gvm.engines.hf_engine import HFEngine, HFEngineConfig  # noqa: E402
+from gvm.engines.factory import make_engine  # noqa: E402
+from gvm.engines.vllm_engine import VLLMEngineConfig  # noqa: E402
 from gvm.toy import build_tiny  # noqa: E402
 
 
@@ -97,7 +98,7 @@ def main() -> None:
         best_hf_tps = max(best_hf_tps, hf_tps)
         rows.append({"case": case, "metric": f"hf_tokens_per_s_{threads}threads", "value": hf_tps, "unit": "tok/s"})
     torch.set_num_threads(args.threads)
-    vllm = VLLMEngine(tiny, VLLMEngineConfig(dtype="float32"))
+    vllm = make_engine("vllm", tiny, vllm_config=VLLMEngineConfig(dtype="float32"))
     seconds["vllm"], vllm_tps = throughput(vllm, prompts, args.n, sampling, args.reps)
     vllm.close()
     rows += [
@@ -112,7 +113,7 @@ def main() -> None:
     sync_case = f"{model_mb:.0f} MB fp32 ({args.sync_layers}x{args.sync_hidden}), {args.threads} threads"
     hf_spg = sync_seconds_per_gb(hf_sync, state, args.reps)
     hf_sync.close()
-    vllm_sync = VLLMEngine(sync_model, VLLMEngineConfig(dtype="float32", max_model_len=256))
+    vllm_sync = make_engine("vllm", sync_model, vllm_config=VLLMEngineConfig(dtype="float32", max_model_len=256))
     vllm_spg = sync_seconds_per_gb(vllm_sync, state, args.reps)
     vllm_sync.close()
     rows += [

@@ -47,6 +47,7 @@ floor and no exploration of unsolved prompts.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import warnings
@@ -54,6 +55,12 @@ import warnings
 import numpy as np
 
 ZERO_ACCEPT_MODES = ("skip", "explore")
+
+
+class NoEligiblePrompts(ValueError):
+    """The prompts that take part cannot receive the budget: none is left (all unsolved under
+    zero_accept="skip", or filtered), or all of them together are capped below it. A training loop
+    may fall back to an even split here; every other ValueError is a bad argument."""
 
 
 # ---------------------------------------------------------------------------------- validation
@@ -258,8 +265,9 @@ def allocate(
 
     grad_norms: G_i >= 0 (mean gradient norm over the prompt's accepted pilot samples).
     accept_rates: p_i in [0, 1] (accepted / pilot samples).
-    Raises ValueError for bad arguments, for bounds that cannot meet `budget`, and when no prompt
-    is left to receive a positive budget.
+    Raises NoEligiblePrompts when no prompt is left to receive a positive budget or the prompts
+    left are all capped below it, and ValueError for bad arguments (NaN or negative G_i, p_i
+    outside [0, 1], a floor above the budget).
     """
     grad, rate = _check_stats(grad_norms, accept_rates)
     alpha, beta = _check_shape(alpha, beta)
@@ -298,7 +306,8 @@ def allocate(
         if not active.any():
             if budget == 0:
                 return counts
-            raise ValueError(_nobody_left(unsolved, too_easy, dropped_weak, zero_accept, threshold, insufficient))
+            raise NoEligiblePrompts(_nobody_left(unsolved, too_easy, dropped_weak, zero_accept, threshold,
+                                                 insufficient))
         lower = np.where(exploring, explore_floor, float(floor))[active]
         upper = np.full(int(active.sum()), upper_bound)
         _check_feasible(lower, upper, budget, floor, cap, int(exploring.sum()))
@@ -312,6 +321,11 @@ def allocate(
         dropped_weak |= weak
 
 
+# allocate()'s keyword defaults (the paper's rule), read by the run config's sampler section.
+ALLOCATE_DEFAULTS = {name: param.default for name, param in inspect.signature(allocate).parameters.items()
+                     if param.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
 def _check_feasible(lower, upper, budget, floor, cap, n_exploring) -> None:
     if lower.sum() > budget:
         raise ValueError(
@@ -320,7 +334,7 @@ def _check_feasible(lower, upper, budget, floor, cap, n_exploring) -> None:
             + f" needs {int(lower.sum())} samples, more than budget={budget}; lower min_per_prompt or raise budget"
         )
     if upper.sum() < budget:
-        raise ValueError(
+        raise NoEligiblePrompts(
             f"max_per_prompt={cap} over {upper.size} prompts allows only {int(upper.sum())} samples, "
             f"less than budget={budget}; raise max_per_prompt or lower budget"
         )

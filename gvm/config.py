@@ -16,50 +16,48 @@ four trainer fields follow top-level keys so that each value is set in one place
 the distribution that was sampled). Setting them under `trainer:` is an error that says so.
 
 Values from the command line are parsed as YAML scalars and converted to the field's type
-(`1e-3` becomes a float for a float field); a wrong type, a bad value or an unknown key raises
-`ValueError` naming the dotted key, the value and what is allowed.
+(gvm.config_build): a wrong type, a bad value or an unknown key raises `ConfigError` naming the
+dotted key, the value and what is allowed.
+
+Names are read from where they are defined: algorithms from `gvm.algorithms`' registry, engines
+from `gvm.engines.factory`, prompt styles from `gvm.data`, allocation modes from `gvm.allocation`.
+Where a run default differs from the library default of the same setting, `RUN_DEFAULTS` below
+says so once, with the reason.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
-from gvm.allocation import ZERO_ACCEPT_MODES
+from gvm.algorithms import ALGORITHMS
+from gvm.allocation import ALLOCATE_DEFAULTS, ZERO_ACCEPT_MODES
 from gvm.arithmetic import LEVELS
-from gvm.data import DATA_SUFFIXES
-from gvm.rollout.base import SamplingConfig
-from gvm.rollout.mismatch import MismatchConfig
+from gvm.config_build import ConfigError, build, merge, parse_override, require, set_dotted
+from gvm.data import ANSWER_KEY, DATA_SUFFIXES, PROBLEM_KEY, PROMPT_STYLES
+from gvm.engines.base import SamplingConfig
+from gvm.engines.factory import AUTO, ENGINE_NAMES
+from gvm.engines.mismatch import MismatchConfig
+from gvm.toy import TinyModelConfig
 from gvm.trainer_config import TrainerConfig
 from gvm.verify import VerifierConfig
+from gvm.warmstart import WarmStartConfig
+
+__all__ = ["ConfigError", "RunConfig", "load_config", "from_dict", "check_paths", "check_model_folder"]
 
 BUILTIN_MODEL = "tiny"          # `model=tiny`: build gvm.toy's model in the run folder
 BUILTIN_TASK = ""               # `train_data=` empty: the built-in arithmetic task
-ALGORITHM_NAMES = ("raft", "raft++", "grpo")  # gvm.algorithms registers each
+AUTO_STYLE = "auto"             # data.prompt_style: "cot" for files, "compact" for the built-in task
 SAMPLERS = ("uniform", "gvm")
-ENGINES = ("auto", "vllm", "hf")
-PROMPT_STYLES = ("auto", "cot", "compact")
 # Trainer fields that follow a top-level key (see the module docstring).
 DERIVED_TRAINER_FIELDS = {"model_path": "model", "algorithm": "algorithm", "seed": "seed",
                           "temperature": "rollout.sampling.temperature"}
 SHORTCUTS = {"train_data": "data.train_data", "eval_data": "data.eval_data", "eval_every": "eval.every",
              "budget": "sampler.budget"}
-
-
-class ConfigError(ValueError):
-    """A bad configuration value or key (a ValueError, so callers may catch either)."""
-
-
-def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key {key}={value!r}: {allowed}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,21 +69,21 @@ class DataConfig:
     """Where prompts come from and how many each iteration takes."""
     train_data: str = BUILTIN_TASK       # JSONL/JSON/Parquet file or hub name; "" = built-in task
     eval_data: str = ""                  # held-out file; "" = the task's held-out split (files: none)
-    problem_key: str = "problem"         # field names in the files (load_prompts renames them)
-    answer_key: str = "answer"
-    prompt_style: str = "auto"           # "cot" (Qwen2.5-Math) for files, "compact" for the task
+    problem_key: str = PROBLEM_KEY       # field names in the files (load_prompts renames them)
+    answer_key: str = ANSWER_KEY
+    prompt_style: str = AUTO_STYLE       # "cot" (Qwen2.5-Math) for files, "compact" for the task
     prompts_per_iteration: int = 64      # prompts per iteration (the paper: 1024); few accepted samples per
                                          # Adam step make noisy steps that undo the warm start
     max_prompt_tokens: int = 1024        # longer prompts are dropped (with a warning) at load
     max_eval_prompts: int | None = None  # first rows of the eval set only; None: all
 
     def __post_init__(self) -> None:
-        _need(self.prompt_style in PROMPT_STYLES, "data.prompt_style", self.prompt_style,
-              f"must be one of {PROMPT_STYLES}")
-        _need(self.prompts_per_iteration >= 1, "data.prompts_per_iteration", self.prompts_per_iteration,
+        styles = (AUTO_STYLE, *PROMPT_STYLES)
+        require(self.prompt_style in styles, "data.prompt_style", self.prompt_style, f"must be one of {styles}")
+        require(self.prompts_per_iteration >= 1, "data.prompts_per_iteration", self.prompts_per_iteration,
               "must be >= 1")
-        _need(self.max_prompt_tokens >= 1, "data.max_prompt_tokens", self.max_prompt_tokens, "must be >= 1")
-        _need(self.max_eval_prompts is None or self.max_eval_prompts >= 1, "data.max_eval_prompts",
+        require(self.max_prompt_tokens >= 1, "data.max_prompt_tokens", self.max_prompt_tokens, "must be >= 1")
+        require(self.max_eval_prompts is None or self.max_eval_prompts >= 1, "data.max_eval_prompts",
               self.max_eval_prompts, "must be >= 1 or null (all)")
 
 
@@ -104,58 +102,16 @@ class TaskConfig:
     slip_rate: float = 0.15
 
     def __post_init__(self) -> None:
-        _need(self.num_train >= 1, "task.num_train", self.num_train, "must be >= 1")
-        _need(self.num_eval >= 1, "task.num_eval", self.num_eval, "must be >= 1")
-        _need(0 <= self.slip_rate <= 1, "task.slip_rate", self.slip_rate, "must lie in [0, 1] (0: clean solutions)")
-        _need(len(self.levels) > 0 and set(self.levels) <= set(LEVELS) and len(set(self.levels)) == len(self.levels),
+        require(self.num_train >= 1, "task.num_train", self.num_train, "must be >= 1")
+        require(self.num_eval >= 1, "task.num_eval", self.num_eval, "must be >= 1")
+        require(0 <= self.slip_rate <= 1, "task.slip_rate", self.slip_rate, "must lie in [0, 1] (0: clean solutions)")
+        require(len(self.levels) > 0 and set(self.levels) <= set(LEVELS) and len(set(self.levels)) == len(self.levels),
               "task.levels", list(self.levels), f"must be distinct levels from {list(LEVELS)}")
         if self.level_weights is not None:
-            _need(len(self.level_weights) == len(self.levels)
+            require(len(self.level_weights) == len(self.levels)
                   and all(w >= 0 and math.isfinite(w) for w in self.level_weights) and sum(self.level_weights) > 0,
                   "task.level_weights", list(self.level_weights),
                   f"must be {len(self.levels)} non-negative numbers (one per level), not all 0, or null")
-
-
-@dataclass(frozen=True)
-class TinyModelConfig:
-    """The built-in model (gvm.toy.build_tiny), used when model=tiny."""
-    num_layers: int = 2
-    hidden_size: int = 128
-    num_heads: int = 4                   # head_dim * num_heads must equal hidden_size (vLLM)
-    num_kv_heads: int = 2
-    head_dim: int = 32                   # vLLM's CPU attention rejects 16
-    intermediate_size: int = 256
-    max_position_embeddings: int = 512   # prompt + response; the task's are < 120 characters
-
-    def __post_init__(self) -> None:
-        for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
-                     "max_position_embeddings"):
-            _need(getattr(self, name) >= 1, f"tiny.{name}", getattr(self, name), "must be >= 1")
-        _need(self.head_dim * self.num_heads == self.hidden_size, "tiny.hidden_size", self.hidden_size,
-              f"must equal head_dim * num_heads = {self.head_dim * self.num_heads} (vLLM derives head_dim)")
-        _need(self.num_heads % self.num_kv_heads == 0, "tiny.num_kv_heads", self.num_kv_heads,
-              f"must divide num_heads={self.num_heads}")
-
-    def build_kwargs(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class WarmStartConfig:
-    """Supervised fine-tuning on worked solutions before RL, so that acceptance rates spread over
-    (0, 1) instead of all being 0 (a random model never boxes the right number)."""
-    steps: int | None = None             # optimizer steps; None: 600 for the built-in task + model, else 0
-                                         # (300 left acceptance near 0.1: RL cannot outpace that much missing SFT)
-    batch_size: int = 32                 # solutions per step
-    lr: float = 5e-3                     # high: the tiny model starts from random weights (cosine to 5e-4)
-    warmup_steps: int = 20
-    solution_key: str = "solution"       # rows must hold a worked solution ending in \boxed{}
-
-    def __post_init__(self) -> None:
-        _need(self.steps is None or self.steps >= 0, "warmstart.steps", self.steps, "must be >= 0 or null (auto)")
-        _need(self.batch_size >= 1, "warmstart.batch_size", self.batch_size, "must be >= 1")
-        _need(self.lr > 0, "warmstart.lr", self.lr, "must be > 0")
-        _need(self.warmup_steps >= 0, "warmstart.warmup_steps", self.warmup_steps, "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -166,39 +122,46 @@ class SamplerConfig:
     n_per_prompt: int = 4                # uniform: samples per prompt; gvm: budget per prompt if budget is null
     pilot_n: int = 4                     # N': stage-1 samples per prompt (the paper: 8)
     budget: int | None = None            # N: stage-2 samples per iteration; null: n_per_prompt * prompts
-    alpha: float = 1e-3                  # paper defaults; w_i = G_i / sqrt(p_i + alpha p_i^(1 - beta))
-    beta: float = 2.0
-    min_per_prompt: int = 0
-    max_per_prompt: int | None = 8      # no prompt takes more than this (the paper: no cap); 32 let a few prompts
-                                         # take most of the budget and made noisy steps (near-duplicate samples)
-    filter_threshold: float | None = None    # drop prompts with p_i above it (too easy)
-    filter_insufficient: float | None = None  # drop prompts whose p_i * n_i is below it
-    zero_accept: str = "explore"         # unsolved prompts: "skip" (the paper) or "explore" (a few samples)
-    explore_per_prompt: int = 1
-    explore_fraction: float = 0.1
+    # The allocation rule's settings: defaults are allocate()'s (the paper's) except where noted.
+    alpha: float = ALLOCATE_DEFAULTS["alpha"]        # w_i = G_i / sqrt(p_i + alpha p_i^(1 - beta))
+    beta: float = ALLOCATE_DEFAULTS["beta"]
+    min_per_prompt: int = ALLOCATE_DEFAULTS["min_per_prompt"]
+    max_per_prompt: int | None = 8       # run default (allocate(), the paper: no cap): 32 let a few prompts take
+                                         # most of the budget and made noisy steps (near-duplicate samples)
+    filter_threshold: float | None = ALLOCATE_DEFAULTS["filter_threshold"]        # drop prompts with p_i above it
+    filter_insufficient: float | None = ALLOCATE_DEFAULTS["filter_insufficient"]  # drop p_i * n_i below it
+    zero_accept: str = "explore"         # run default (allocate(), the paper: "skip"): after a 4-sample pilot half
+                                         # the prompts read p_i = 0, and a few samples each find the solvable ones
+    explore_per_prompt: int = ALLOCATE_DEFAULTS["explore_per_prompt"]
+    explore_fraction: float = ALLOCATE_DEFAULTS["explore_fraction"]
     reuse_pilot_samples: bool = True     # train on the pilot too (G_i from that backward); off: the paper
     stats_ema: float = 0.0               # weight of a prompt's earlier p_i, G_i when seen again; 0: none
 
     def __post_init__(self) -> None:
-        _need(self.kind in SAMPLERS, "sampler.kind", self.kind, f"must be one of {SAMPLERS}")
-        _need(self.n_per_prompt >= 1, "sampler.n_per_prompt", self.n_per_prompt, "must be >= 1")
-        _need(self.pilot_n >= 1, "sampler.pilot_n", self.pilot_n, "must be >= 1 (the pilot measures p_i)")
-        _need(self.budget is None or self.budget >= 1, "sampler.budget", self.budget, "must be >= 1 or null")
-        _need(self.alpha >= 0, "sampler.alpha", self.alpha, "must be >= 0")
-        _need(math.isfinite(self.beta), "sampler.beta", self.beta, "must be a finite number (the paper: 2)")
-        _need(self.min_per_prompt >= 0, "sampler.min_per_prompt", self.min_per_prompt, "must be >= 0")
-        _need(self.max_per_prompt is None or self.max_per_prompt >= max(1, self.min_per_prompt),
+        require(self.kind in SAMPLERS, "sampler.kind", self.kind, f"must be one of {SAMPLERS}")
+        require(self.n_per_prompt >= 1, "sampler.n_per_prompt", self.n_per_prompt, "must be >= 1")
+        require(self.pilot_n >= 1, "sampler.pilot_n", self.pilot_n, "must be >= 1 (the pilot measures p_i)")
+        require(self.budget is None or self.budget >= 1, "sampler.budget", self.budget, "must be >= 1 or null")
+        require(self.alpha >= 0, "sampler.alpha", self.alpha, "must be >= 0")
+        require(math.isfinite(self.beta), "sampler.beta", self.beta, "must be a finite number (the paper: 2)")
+        require(self.min_per_prompt >= 0, "sampler.min_per_prompt", self.min_per_prompt, "must be >= 0")
+        require(self.max_per_prompt is None or self.max_per_prompt >= max(1, self.min_per_prompt),
               "sampler.max_per_prompt", self.max_per_prompt, f"must be >= max(1, min_per_prompt) or null")
-        _need(self.filter_threshold is None or 0 <= self.filter_threshold <= 1, "sampler.filter_threshold",
+        require(self.filter_threshold is None or 0 <= self.filter_threshold <= 1, "sampler.filter_threshold",
               self.filter_threshold, "must lie in [0, 1] or be null")
-        _need(self.filter_insufficient is None or self.filter_insufficient >= 0, "sampler.filter_insufficient",
+        require(self.filter_insufficient is None or self.filter_insufficient >= 0, "sampler.filter_insufficient",
               self.filter_insufficient, "must be >= 0 or null")
-        _need(self.zero_accept in ZERO_ACCEPT_MODES, "sampler.zero_accept", self.zero_accept,
+        require(self.zero_accept in ZERO_ACCEPT_MODES, "sampler.zero_accept", self.zero_accept,
               f"must be one of {ZERO_ACCEPT_MODES}")
-        _need(self.explore_per_prompt >= 0, "sampler.explore_per_prompt", self.explore_per_prompt, "must be >= 0")
-        _need(0 <= self.explore_fraction <= 1, "sampler.explore_fraction", self.explore_fraction,
+        require(self.explore_per_prompt >= 0, "sampler.explore_per_prompt", self.explore_per_prompt, "must be >= 0")
+        require(0 <= self.explore_fraction <= 1, "sampler.explore_fraction", self.explore_fraction,
               "must lie in [0, 1]")
-        _need(0 <= self.stats_ema < 1, "sampler.stats_ema", self.stats_ema, "must lie in [0, 1)")
+        require(0 <= self.stats_ema < 1, "sampler.stats_ema", self.stats_ema, "must lie in [0, 1)")
+
+    @property
+    def reuses_pilot(self) -> bool:
+        """The pilot's samples are trained on (and their gradients give G_i)."""
+        return self.kind == "gvm" and self.reuse_pilot_samples
 
     def stage2_budget(self, prompts_per_iteration: int) -> int:
         """N, the samples of stage 2 (uniform: all samples) per iteration."""
@@ -206,24 +169,22 @@ class SamplerConfig:
 
     def allocate_kwargs(self) -> dict:
         """The keyword arguments of `gvm.allocation.allocate` this config sets."""
-        names = ("alpha", "beta", "min_per_prompt", "max_per_prompt", "filter_threshold", "filter_insufficient",
-                 "zero_accept", "explore_per_prompt", "explore_fraction")
-        return {name: getattr(self, name) for name in names}
+        return {name: getattr(self, name) for name in ALLOCATE_DEFAULTS}
 
 
 @dataclass(frozen=True)
 class RolloutConfig:
     """The generation engine. `vllm` and `hf` hold VLLMEngineConfig / HFEngineConfig fields; they
     are checked against those classes when the run starts (importing vLLM takes seconds)."""
-    engine: str = "auto"                 # "auto": vLLM when it imports, else transformers
+    engine: str = AUTO                   # "auto": vLLM when it imports, else transformers
     sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_tokens=96)  # the task's answers: < 70 tokens
     vllm: dict = field(default_factory=dict)  # e.g. {tensor_parallel_size: 2, gpu_memory_utilization: 0.4}
     hf: dict = field(default_factory=dict)    # e.g. {max_batch_size: 32}
     mismatch: MismatchConfig = MismatchConfig()  # engine vs trainer log-prob correction (RAFT++ / GRPO)
 
     def __post_init__(self) -> None:
-        _need(self.engine in ENGINES, "rollout.engine", self.engine, f"must be one of {ENGINES}")
-        _need(self.sampling.temperature > 0, "rollout.sampling.temperature", self.sampling.temperature,
+        require(self.engine in ENGINE_NAMES, "rollout.engine", self.engine, f"must be one of {ENGINE_NAMES}")
+        require(self.sampling.temperature > 0, "rollout.sampling.temperature", self.sampling.temperature,
               "must be > 0: training needs sampled responses (greedy decoding is for eval)")
 
 
@@ -236,10 +197,10 @@ class EvalConfig:
     max_tokens: int | None = None        # null: rollout.sampling.max_tokens
 
     def __post_init__(self) -> None:
-        _need(self.every >= 0, "eval.every", self.every, "must be >= 0 (0: only before and after training)")
-        _need(self.k >= 1, "eval.k", self.k, "must be >= 1")
-        _need(self.temperature >= 0, "eval.temperature", self.temperature, "must be >= 0 (0 = greedy)")
-        _need(self.max_tokens is None or self.max_tokens >= 1, "eval.max_tokens", self.max_tokens,
+        require(self.every >= 0, "eval.every", self.every, "must be >= 0 (0: only before and after training)")
+        require(self.k >= 1, "eval.k", self.k, "must be >= 1")
+        require(self.temperature >= 0, "eval.temperature", self.temperature, "must be >= 0 (0 = greedy)")
+        require(self.max_tokens is None or self.max_tokens >= 1, "eval.max_tokens", self.max_tokens,
               "must be >= 1 or null")
 
 
@@ -252,10 +213,17 @@ class LogConfig:
     table: bool = True                   # one table row per iteration on stdout
 
 
+# Trainer settings whose run default differs from TrainerConfig's (the paper's, for a 1.5B model).
+RUN_TRAINER_DEFAULTS = {
+    # The warm-started tiny model learns at 2e-4 with a short warm-up: a fresh Adam's first steps
+    # are sign steps, and 1e-3 wrecked the model in a few iterations (CPU runs of 2026-11).
+    "lr": 2e-4,
+    "warmup_steps": 5,
+}
+
+
 def _default_trainer() -> TrainerConfig:
-    # Warm-started tiny model: 2e-4 with a short warm-up (a fresh Adam's first steps are sign
-    # steps: 1e-3 wrecked the model in a few iterations, CPU runs of 2026-11).
-    return TrainerConfig(model_path=BUILTIN_MODEL, lr=2e-4, warmup_steps=5, grad_norm_params="embed")
+    return TrainerConfig(model_path=BUILTIN_MODEL, **RUN_TRAINER_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -282,14 +250,14 @@ class RunConfig:
     log: LogConfig = LogConfig()
 
     def __post_init__(self) -> None:
-        _need(bool(self.name) and "/" not in self.name and self.name not in (".", ".."), "name", self.name,
+        require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."), "name", self.name,
               "must be a non-empty folder name without '/'")
-        _need(bool(self.model), "model", self.model, f"must be a Hugging Face model folder or {BUILTIN_MODEL!r}")
-        _need(self.algorithm in ALGORITHM_NAMES, "algorithm", self.algorithm, f"must be one of {ALGORITHM_NAMES}")
-        _need(self.iterations >= 0, "iterations", self.iterations, "must be >= 0")
-        _need(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
-        _need(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0")
-        expected = {"model_path": self.model, "algorithm": self.algorithm, "seed": self.seed,
+        require(bool(self.model), "model", self.model, f"must be a Hugging Face model folder or {BUILTIN_MODEL!r}")
+        require(self.algorithm in ALGORITHMS, "algorithm", self.algorithm, f"must be one of {tuple(ALGORITHMS)}")
+        require(self.iterations >= 0, "iterations", self.iterations, "must be >= 0")
+        require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0")
+        expected = {"model_path": self.model, "algorithm": ALGORITHMS[self.algorithm].loss, "seed": self.seed,
                     "temperature": self.rollout.sampling.temperature}
         for name, value in expected.items():
             if getattr(self.trainer, name) != value:  # keep the derived trainer fields in step
@@ -297,12 +265,12 @@ class RunConfig:
         if self.sampler.kind == "gvm" and self.sampler.max_per_prompt is not None:
             room = self.sampler.max_per_prompt * self.data.prompts_per_iteration
             budget = self.sampler.stage2_budget(self.data.prompts_per_iteration)
-            _need(room >= budget, "sampler.max_per_prompt", self.sampler.max_per_prompt,
+            require(room >= budget, "sampler.max_per_prompt", self.sampler.max_per_prompt,
                   f"max_per_prompt * data.prompts_per_iteration = {room} must reach the budget {budget}")
         if self.sampler.kind == "gvm":
             floor = self.sampler.min_per_prompt * self.data.prompts_per_iteration
             budget = self.sampler.stage2_budget(self.data.prompts_per_iteration)
-            _need(floor <= budget, "sampler.min_per_prompt", self.sampler.min_per_prompt,
+            require(floor <= budget, "sampler.min_per_prompt", self.sampler.min_per_prompt,
                   f"min_per_prompt * data.prompts_per_iteration = {floor} exceeds the budget {budget}")
         if self.sampler.kind == "gvm" and self.trainer.grad_norm_params == "none":
             raise ConfigError("config key trainer.grad_norm_params='none': sampler.kind='gvm' needs the per-sample "
@@ -325,7 +293,7 @@ class RunConfig:
 
     @property
     def prompt_style(self) -> str:
-        if self.data.prompt_style != "auto":
+        if self.data.prompt_style != AUTO_STYLE:
             return self.data.prompt_style
         return "compact" if self.builtin_task else "cot"
 
@@ -358,127 +326,8 @@ def _plain(value: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # Building a dataclass from nested dicts, with typed conversion and named errors
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """`value` as type `tp` (from a dataclass annotation), or a ConfigError naming `key`."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _convert(value, option, key)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else
-                          f"config key {key}={value!r}: must be one of the types {_type_name(tp)}")
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        _need(value in allowed, key, value, f"must be one of {allowed}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        _need(isinstance(value, dict), key, value, f"must be a mapping of {tp.__name__} fields")
-        return build(tp, value, prefix=key)
-    if origin is tuple or tp is tuple:
-        _need(isinstance(value, (list, tuple)), key, value, "must be a list")
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if args:
-            _need(len(value) == len(args), key, value, f"must be a list of {len(args)} values")
-            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        return tuple(value)
-    if tp is dict or origin is dict:
-        _need(isinstance(value, dict), key, value, "must be a mapping (key: value)")
-        return dict(value)
-    if tp is bool:
-        _need(isinstance(value, bool), key, value, "must be true or false")
-        return value
-    if tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        if isinstance(value, float) and value.is_integer():
-            value, ok = int(value), True
-        _need(ok, key, value, "must be an integer")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        _need(isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "must be a number")
-        return float(value)
-    if tp is str:
-        _need(isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)),
-              key, value, "must be a string")
-        return str(value)
-    if tp is Any:
-        return value
-    raise ConfigError(f"config key {key}: unsupported field type {_type_name(tp)}")
-
-
-def build(cls: type, values: dict, prefix: str = "") -> Any:
-    """An instance of dataclass `cls` from a (nested) dict: unknown keys, wrong types and values
-    its `__post_init__` rejects raise ConfigError naming the dotted key."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    kwargs = {}
-    for key, value in values.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            where = f"section {prefix!r}" if prefix else "the top level"
-            raise ConfigError(f"unknown config key {dotted!r}{hint}; allowed in {where}: {', '.join(names)}")
-        kwargs[key] = _convert(value, hints[key], dotted)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as error:
-        # A reused class (TrainerConfig, SamplingConfig, ...) names its own field: add the section.
-        raise ConfigError(f"config section {prefix or cls.__name__!r}: {error}") from None
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading YAML and overrides
-
-
-def parse_override(text: str, shortcuts: dict[str, str] = SHORTCUTS) -> tuple[str, Any]:
-    """"sampler.budget=64" -> ("sampler.budget", 64); the value is read as a YAML scalar/list, and
-    a short key is expanded (`shortcuts`)."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"override {text!r}: expected key=value, e.g. sampler.budget=64")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return shortcuts.get(key, key), value
-
-
-def set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"config key {'.'.join(parts[:i + 1])!r} is a value, not a section: "
-                              f"cannot set {dotted!r}")
-        node = child
-    node[parts[-1]] = value
 
 
 def _check_derived(tree: dict) -> None:
@@ -519,17 +368,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             if key in SHORTCUTS:
                 set_dotted(tree, SHORTCUTS[key], value)
             else:
-                tree[key] = _merge(tree.get(key), value)
+                tree[key] = merge(tree.get(key), value)
     for text in overrides:
-        key, value = parse_override(text)
+        key, value = parse_override(text, SHORTCUTS)
         set_dotted(tree, key, value)
     return from_dict(tree)
-
-
-def _merge(old: Any, new: Any) -> Any:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return {**old, **{k: _merge(old.get(k), v) for k, v in new.items()}}
-    return new
 
 
 def check_paths(cfg: RunConfig) -> None:

@@ -18,6 +18,7 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 JSON_SUFFIXES = (".json",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 DATA_SUFFIXES = JSONL_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES
+PROBLEM_KEY, ANSWER_KEY = "problem", "answer"   # the fields every row has after loading
 
 # Qwen2.5-Math chain-of-thought prompt, as the GVM authors build their training data.
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -31,7 +32,7 @@ SHOWN_SKIPPED = 5
 # Reading
 
 
-def load_prompts(source: str | Path, problem_key: str = "problem", answer_key: str = "answer",
+def load_prompts(source: str | Path, problem_key: str = PROBLEM_KEY, answer_key: str = ANSWER_KEY,
                  split: str | None = None) -> list[dict]:
     """Read rows from a JSONL, JSON (a list, or `{"data": [...]}`) or Parquet file, or from a
     Hugging Face dataset name (needs the `datasets` package and the hub; `split` defaults to

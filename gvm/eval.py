@@ -15,17 +15,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from transformers import AutoTokenizer
 
-from gvm.config import PROMPT_STYLES, ConfigError, build, check_model_folder, parse_override, set_dotted
-from gvm.rollout.base import SamplingConfig
-from gvm.verify import VerifierConfig
+from gvm.config import check_model_folder
+from gvm.config_build import ConfigError, build, parse_override, set_dotted
+from gvm.distributed import add_launcher_args
+from gvm.data import ANSWER_KEY, PROBLEM_KEY, PROMPT_STYLES, load_prompts
+from gvm.engines.base import SamplingConfig
+from gvm.engines.factory import AUTO, ENGINE_NAMES, checkpoint_dtype, model_stop_ids, resolve_engine
+from gvm.prompts import to_prompts
+from gvm.rollouts import Rollouts
+from gvm.verify import Verifier, VerifierConfig
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +80,10 @@ class EvalCliConfig:
     top_p: float = 1.0
     max_tokens: int = 3072               # the paper's evaluation length
     prompt_style: str = "cot"            # "cot" (Qwen2.5-Math) or "compact" (built-in task)
-    engine: str = "auto"                 # "auto": vLLM when it imports, else transformers
+    engine: str = AUTO                   # "auto": vLLM when it imports, else transformers
     max_prompts: int | None = None       # first rows of each file only
-    problem_key: str = "problem"
-    answer_key: str = "answer"
+    problem_key: str = PROBLEM_KEY
+    answer_key: str = ANSWER_KEY
     seed: int = 0
     out: str = ""                        # write the results as JSON here ("" = do not)
     vllm: dict = field(default_factory=dict)
@@ -94,8 +100,8 @@ class EvalCliConfig:
         need(self.temperature >= 0, "temperature", "must be >= 0 (0 = greedy)")
         need(0 < self.top_p <= 1, "top_p", "must lie in (0, 1]")
         need(self.max_tokens >= 1, "max_tokens", "must be >= 1")
-        need(self.prompt_style in PROMPT_STYLES[1:], "prompt_style", f"must be one of {PROMPT_STYLES[1:]}")
-        need(self.engine in ("auto", "vllm", "hf"), "engine", "must be one of ('auto', 'vllm', 'hf')")
+        need(self.prompt_style in PROMPT_STYLES, "prompt_style", f"must be one of {tuple(PROMPT_STYLES)}")
+        need(self.engine in ENGINE_NAMES, "engine", f"must be one of {ENGINE_NAMES}")
         need(self.max_prompts is None or self.max_prompts >= 1, "max_prompts", "must be >= 1 or null")
 
 
@@ -116,70 +122,8 @@ def data_files(spec: str) -> list[Path]:
     return files
 
 
-def engine_configs(name: str, vllm: dict, hf: dict, seed: int, prefix: str = "",
-                   dtype: str | None = None) -> tuple[str, object, object]:
-    """(engine name, VLLMEngineConfig or None, HFEngineConfig) from plain dicts; unknown or bad keys
-    raise ConfigError naming `<prefix>vllm.<key>`. "auto" becomes "hf" when vLLM does not import.
-    Importing vLLM takes seconds, so this runs once, before any model is built.
-
-    `dtype` (e.g. the trainer's) is vLLM's default dtype: vLLM's own "auto" turns float32
-    checkpoints into bfloat16, whose log-probs then differ from the float32 trainer's."""
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    from gvm.rollout.hf_engine import HFEngineConfig
-
-    hf_config = build(HFEngineConfig, {"seed": seed, **hf}, prefix=f"{prefix}hf")
-    if name not in ("auto", "vllm"):
-        return name, None, hf_config
-    try:
-        from gvm.rollout.vllm_engine import VLLMEngineConfig
-    except ImportError as error:
-        if name == "vllm":
-            raise ConfigError(f"config key {prefix}engine='vllm': vLLM does not import ({error}); "
-                              f"use engine=hf") from None
-        log.warning("vLLM does not import (%s); rolling out with transformers", error)
-        return "hf", None, hf_config
-    _quiet_vllm()
-    defaults = {"seed": seed, **({"dtype": dtype} if dtype else {})}
-    return "vllm", build(VLLMEngineConfig, {**defaults, **vllm}, prefix=f"{prefix}vllm"), hf_config
-
-
-class _DropKnownNoise(logging.Filter):
-    """vLLM warns on every in-place weight reload that RotaryEmbedding (which has no weights, only
-    buffers it recomputes) 'failed to load weights', and on CPU that it skips set_num_threads
-    (VLLMEngine restores the trainer's threads itself); both are expected here."""
-    PATTERNS = ("RotaryEmbedding: Failed to load weights", "doesn't allow to use `torch.set_num_threads`")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(p in message for p in self.PATTERNS)
-
-
-def _quiet_vllm() -> None:
-    """Filter vLLM's handlers (its child loggers log through them) once vLLM has configured them."""
-    for handler in logging.getLogger("vllm").handlers:
-        if not any(isinstance(f, _DropKnownNoise) for f in handler.filters):
-            handler.addFilter(_DropKnownNoise())
-
-
-def build_engine(name: str, model: str | Path, vllm_config, hf_config):
-    """The engine `name` ("vllm" / "hf", as engine_configs resolved it) on `model`."""
-    from gvm.rollout.base import make_engine
-
-    engine = make_engine(name, str(model), vllm_config=vllm_config, hf_config=hf_config)
-    if name == "vllm":
-        _quiet_vllm()  # vLLM sets its log handlers up while the engine starts
-    return engine
-
-
 def run_cli(cfg: EvalCliConfig) -> list[EvalResult]:
     """Evaluate cfg.model on every file of cfg.data; prints a table, writes cfg.out if set."""
-    from transformers import AutoTokenizer
-
-    from gvm.data import load_prompts
-    from gvm.prompts import to_prompts
-    from gvm.rollouts import Rollouts
-    from gvm.verify import Verifier
-
     check_model_folder(cfg.model, "model")
     files = data_files(cfg.data)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
@@ -187,9 +131,8 @@ def run_cli(cfg: EvalCliConfig) -> list[EvalResult]:
     for path in files:  # read and check every file before the engine starts
         rows = load_prompts(path, cfg.problem_key, cfg.answer_key)[: cfg.max_prompts]
         sets.append((path.stem, to_prompts(rows, tokenizer, cfg.prompt_style, name=str(path))))
-    name, vllm_config, hf_config = engine_configs(cfg.engine, cfg.vllm, cfg.hf, cfg.seed, dtype=_checkpoint_dtype(cfg.model))
-    engine = build_engine(name, cfg.model, vllm_config, hf_config)
-    rollouts = Rollouts(engine, Verifier(cfg.verifier), stop_token_ids=stop_ids(cfg.model))
+    spec = resolve_engine(cfg.engine, cfg.vllm, cfg.hf, seed=cfg.seed, dtype=checkpoint_dtype(cfg.model))
+    rollouts = Rollouts(spec.build(cfg.model), Verifier(cfg.verifier), stop_token_ids=model_stop_ids(cfg.model))
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
     results = []
     try:
@@ -211,27 +154,7 @@ def run_cli(cfg: EvalCliConfig) -> list[EvalResult]:
     return results
 
 
-def _checkpoint_dtype(model_dir: str) -> str | None:
-    """The dtype the checkpoint was saved in (config.json), for vLLM to keep it."""
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    value = config.get("dtype") or config.get("torch_dtype")
-    return value if value in ("float32", "bfloat16", "float16") else None
-
-
-def stop_ids(model_dir: str | Path) -> list[int]:
-    """The EOS ids of the model's generation_config.json (a chat model stops at its end-of-turn
-    token), so every engine stops where the model was trained to."""
-    path = Path(model_dir) / "generation_config.json"
-    if not path.is_file():
-        return []
-    value = json.loads(path.read_text()).get("eos_token_id")
-    values = value if isinstance(value, list) else [value]
-    return [int(v) for v in values if v is not None]
-
-
 def main(argv: list[str] | None = None) -> list[EvalResult]:
-    from gvm.distributed import add_launcher_args
-
     parser = add_launcher_args(argparse.ArgumentParser(
         prog="python -m gvm.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. model=/path data=math500.jsonl k=8")

@@ -17,8 +17,8 @@ import numpy as np
 
 from gvm import distributed as gdist
 from gvm.prompts import Prompt
-from gvm.rollout.base import Completion, Engine, SamplingConfig
-from gvm.rollout.weight_sync import SyncRecord, sync_weights
+from gvm.engines.base import Completion, Engine, SamplingConfig
+from gvm.engines.weight_sync import SyncRecord, sync_weights
 from gvm.verify import Verifier
 
 @dataclass

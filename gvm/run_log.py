@@ -54,6 +54,13 @@ def acceptance_histogram(accept_rates) -> list[int]:
     return [int(mask.sum()) for mask in edges]
 
 
+def count_spread(counts) -> dict:
+    """min / median / max of the samples per prompt, and how many prompts got none."""
+    counts = np.asarray(counts)
+    return {"min": int(counts.min()), "median": float(np.median(counts)), "max": int(counts.max()),
+            "zero": int((counts == 0).sum())}
+
+
 def _json_default(value):
     if isinstance(value, (np.integer,)):
         return int(value)

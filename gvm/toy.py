@@ -15,6 +15,7 @@ Folder written by `build_tiny(path)`:
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -45,6 +46,33 @@ CHAT_TEMPLATE = (
 )
 
 
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """The tiny model's shape (the run config's section `tiny`; `build_tiny` takes the same keys)."""
+    num_layers: int = 2
+    hidden_size: int = 128
+    num_heads: int = 4                   # head_dim * num_heads must equal hidden_size (vLLM)
+    num_kv_heads: int = 2
+    head_dim: int = 32                   # vLLM's CPU attention rejects 16 (32 and 64 work)
+    intermediate_size: int = 256
+    max_position_embeddings: int = 512   # prompt + response; the built-in task's are < 120 characters
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
+                     "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 1")
+        if self.head_dim * self.num_heads != self.hidden_size:
+            raise ValueError(
+                f"hidden_size={self.hidden_size}: must equal head_dim * num_heads = {self.head_dim} * "
+                f"{self.num_heads} (vLLM's Qwen2 computes head_dim as hidden_size // num_heads); change "
+                f"hidden_size or head_dim")
+        if self.num_heads % self.num_kv_heads != 0:
+            raise ValueError(f"num_kv_heads={self.num_kv_heads}: must divide num_heads={self.num_heads} "
+                             f"(grouped-query attention)")
+
+
 def byte_symbols() -> list[str]:
     """The printable symbol that byte-level BPE uses for each byte value 0..255 (GPT-2's scheme):
     visible Latin-1 characters stand for themselves, the rest are shifted past U+0100."""
@@ -59,7 +87,7 @@ def byte_symbols() -> list[str]:
     return symbols
 
 
-def build_tokenizer(model_max_length: int = 1024) -> PreTrainedTokenizerFast:
+def build_tokenizer(model_max_length: int = TinyModelConfig.max_position_embeddings) -> PreTrainedTokenizerFast:
     """The character-level tokenizer: one token per byte, so every ASCII character is one
     token, any other text still round-trips (as its UTF-8 bytes), and nothing maps to unk.
 
@@ -89,47 +117,20 @@ def build_tokenizer(model_max_length: int = 1024) -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_config(
-    vocab_size: int,
-    *,
-    eos_token_id: int,
-    pad_token_id: int,
-    num_layers: int = 2,
-    hidden_size: int = 128,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    head_dim: int = 32,
-    intermediate_size: int = 256,
-    tie_word_embeddings: bool = False,
-    max_position_embeddings: int = 1024,
-) -> Qwen2Config:
-    """A Qwen2Config small enough to train on two CPU cores.
-
-    head_dim * num_heads must equal hidden_size: vLLM's Qwen2 derives head_dim from them and
-    ignores the config field. vLLM's CPU attention also rejects head_dim 16 (32 and 64 work).
-    """
-    if head_dim * num_heads != hidden_size:
-        raise ValueError(
-            f"head_dim * num_heads must equal hidden_size (got {head_dim} * {num_heads} != "
-            f"{hidden_size}): vLLM's Qwen2 computes head_dim as hidden_size // num_heads; "
-            f"change hidden_size or head_dim"
-        )
-    if num_heads % num_kv_heads != 0:
-        raise ValueError(
-            f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads}) "
-            f"for grouped-query attention"
-        )
+def tiny_config(vocab_size: int, *, eos_token_id: int, pad_token_id: int, **shape) -> Qwen2Config:
+    """A Qwen2Config small enough to train on two CPU cores; `shape` holds TinyModelConfig keys."""
+    tiny = TinyModelConfig(**shape)
     return Qwen2Config(
         vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        head_dim=head_dim,
-        max_position_embeddings=max_position_embeddings,
-        max_window_layers=num_layers,
-        tie_word_embeddings=tie_word_embeddings,
+        hidden_size=tiny.hidden_size,
+        intermediate_size=tiny.intermediate_size,
+        num_hidden_layers=tiny.num_layers,
+        num_attention_heads=tiny.num_heads,
+        num_key_value_heads=tiny.num_kv_heads,
+        head_dim=tiny.head_dim,
+        max_position_embeddings=tiny.max_position_embeddings,
+        max_window_layers=tiny.num_layers,
+        tie_word_embeddings=tiny.tie_word_embeddings,
         # Like Qwen2.5, no BOS is prepended; bos_token_id names the document separator.
         bos_token_id=eos_token_id,
         eos_token_id=eos_token_id,
@@ -138,37 +139,16 @@ def tiny_config(
     )
 
 
-def build_tiny(
-    path: str | Path,
-    *,
-    seed: int = 0,
-    num_layers: int = 2,
-    hidden_size: int = 128,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    head_dim: int = 32,
-    intermediate_size: int = 256,
-    tie_word_embeddings: bool = False,
-    max_position_embeddings: int = 1024,
-) -> Path:
-    """Write a randomly initialised tiny Qwen2 model, its tokenizer and generation config to
-    `path` (created if needed) and return it. The same seed gives the same weights."""
+def build_tiny(path: str | Path, *, seed: int = 0, **shape) -> Path:
+    """Write a randomly initialised tiny Qwen2 model (`shape`: TinyModelConfig keys), its tokenizer
+    and generation config to `path` (created if needed) and return it. The same seed gives the
+    same weights."""
     path = Path(path)
+    tiny = TinyModelConfig(**shape)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(model_max_length=max_position_embeddings)
-    config = tiny_config(
-        len(tokenizer),
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        num_layers=num_layers,
-        hidden_size=hidden_size,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
-        intermediate_size=intermediate_size,
-        tie_word_embeddings=tie_word_embeddings,
-        max_position_embeddings=max_position_embeddings,
-    )
+    tokenizer = build_tokenizer(model_max_length=tiny.max_position_embeddings)
+    config = tiny_config(len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         **asdict(tiny))
     # A private generator state: building a model must not move the caller's global RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -53,14 +53,14 @@ import numpy as np
 import torch
 
 from gvm_kernels.embedding_norms import embedding_sq_grad_norms
-from gvm_kernels.policy_loss import policy_loss
+from gvm_kernels.policy_loss import KINDS, policy_loss
 
 from . import distributed as gdist
 from .ds_config import build_ds_config, lr_scheduler_factory, resolve_dtype, use_torch_adam
 from .packing import PackedBatch, Sample, pack, plan_micro_batches
 from .policy_model import (Capture, PackedPolicy, count_body_calls, is_tied, load_causal_lm, maybe_apply_liger,
                            resolve_attention, use_fused_head)
-from .trainer_config import ALGORITHMS, TrainerConfig
+from .trainer_config import TrainerConfig
 
 __all__ = ["PolicyTrainer", "TrainerConfig", "Sample", "PackedBatch"]
 
@@ -125,7 +125,8 @@ class PolicyTrainer:
         self.tokenizer = tokenizer if tokenizer is not None else self._load_tokenizer(config.model_path)
         self.step = 0  # optimizer steps taken
         self._offload_note_logged = False
-        self._offloaded = False
+        self._offloaded = False      # between offload() and reload()
+        self._states_moved = False   # offload() really moved the states (DeepSpeed offload_states)
         if self.tied and config.grad_norm_params == "both":
             log.info("tied embeddings: grad_norm_params='both' reports sqrt(embed^2 + head^2) of the shared matrix's "
                      "two parts, without the cross term 2<dE_b, dW_b>")
@@ -264,8 +265,8 @@ class PolicyTrainer:
         accumulated and before the update (e.g. to read `full_gradients()`).
         """
         kind = algorithm or self.config.algorithm
-        if kind not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {kind!r}")
+        if kind not in KINDS:
+            raise ValueError(f"algorithm must be one of the loss kinds {KINDS}, got {kind!r}")
         samples = list(samples)
         if not samples:
             raise ValueError("train_step needs at least one sample")
@@ -488,6 +489,7 @@ class PolicyTrainer:
     def save_hf(self, path: str | Path) -> Path:
         """Write a Hugging Face folder (weights gathered in the training dtype, config, generation
         config, tokenizer when known) that transformers and vLLM load. Call on every rank."""
+        self.reload()  # the states must be on the device
         path = Path(path)
         state = self._full_state_dict()
         if self.rank == 0:
@@ -519,6 +521,7 @@ class PolicyTrainer:
         every rank must consume the generator fully."""
         import deepspeed
 
+        self.reload()  # the states must be on the device
         for name, param in self.engine.module.named_parameters():
             with deepspeed.zero.GatheredParameters([param], enabled=self.config.zero_stage == 3):
                 tensor = param.detach().clone()
@@ -527,6 +530,7 @@ class PolicyTrainer:
     def save_checkpoint(self, directory: str | Path) -> Path:
         """DeepSpeed checkpoint (weights, AdamW state, LR schedule) plus the step counter, the
         config and every rank's python/numpy/torch RNG state, under directory/step<k>."""
+        self.reload()  # the states must be on the device
         directory = Path(directory)
         tag = f"step{self.step}"
         self.engine.save_checkpoint(str(directory), tag=tag,
@@ -537,6 +541,7 @@ class PolicyTrainer:
 
     def load_checkpoint(self, directory: str | Path, tag: str | None = None) -> None:
         """Resume exactly from `save_checkpoint` output (the latest tag unless one is given)."""
+        self.reload()  # the states must be on the device
         directory = Path(directory)
         load_path, client_state = self.engine.load_checkpoint(
             str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
@@ -558,18 +563,29 @@ class PolicyTrainer:
 
     def offload(self) -> None:
         """Move optimizer state, gradients and weights off the accelerator while the rollout engine
-        generates (DeepSpeed offload_states); a logged no-op where the engine cannot."""
+        generates (DeepSpeed offload_states). Where the engine cannot (ZeRO-0, torch AdamW, the CPU)
+        nothing moves (logged once), but the trainer still counts as offloaded until `reload`."""
+        if self._offloaded:
+            return
         if self._offload_supported():
-            if not self._offloaded:
-                self.engine.offload_states(pin_memory=torch.cuda.is_available())
-                self._offloaded = True
+            self.engine.offload_states(pin_memory=torch.cuda.is_available())
+            self._states_moved = True
         elif not self._offload_note_logged:
             log.info("offload(): DeepSpeed offloads states only for ZeRO stages 1-3 with its FusedAdam (here: stage "
                      "%d, torch AdamW %s); nothing moved", self.config.zero_stage, use_torch_adam(self.config))
             self._offload_note_logged = True
+        self._offloaded = True
 
     def reload(self) -> None:
         """Undo `offload`; the training and scoring methods call it themselves when needed."""
-        if self._offloaded:
+        if not self._offloaded:
+            return
+        if self._states_moved:
             self.engine.reload_states()
-            self._offloaded = False
+            self._states_moved = False
+        self._offloaded = False
+
+    @property
+    def holds_states(self) -> bool:
+        """False between `offload` and `reload` (gvm.colocation checks it before every generation)."""
+        return not self._offloaded

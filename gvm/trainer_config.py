@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-ALGORITHMS = ("raft", "raft++", "grpo")
-LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+from gvm_kernels.policy_loss import AGGREGATIONS, KINDS
+
 GRAD_NORM_PARAMS = ("embed", "head", "both", "none")
 LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("auto", "float32", "bfloat16")
@@ -40,7 +40,7 @@ class TrainerConfig:
     attention: str = "auto"                   # "packed" (block mask / flash varlen), "grouped" (length groups)
     use_liger: bool = True                    # Liger RMSNorm/RoPE/SwiGLU kernels, CUDA only
     # algorithm (passed to gvm_kernels.policy_loss)
-    algorithm: str = "raft++"                 # default of train_step: "raft", "raft++" or "grpo"
+    algorithm: str = "raft++"                 # default loss kind of train_step (gvm_kernels.policy_loss.KINDS)
     loss_agg: str = "token-mean"              # paper: token-mean
     clip_low: float = 0.2                     # paper: clip 0.2
     clip_high: float = 0.2
@@ -74,8 +74,8 @@ class TrainerConfig:
         need(self.optimizer_steps_per_call >= 1, "optimizer_steps_per_call", "must be >= 1")
         need(self.micro_batch_tokens >= 1, "micro_batch_tokens", "must be >= 1")
         need(self.attention in ATTENTIONS, "attention", f"must be one of {ATTENTIONS}")
-        need(self.algorithm in ALGORITHMS, "algorithm", f"must be one of {ALGORITHMS}")
-        need(self.loss_agg in LOSS_AGGREGATIONS, "loss_agg", f"must be one of {LOSS_AGGREGATIONS}")
+        need(self.algorithm in KINDS, "algorithm", f"must be one of {KINDS}")
+        need(self.loss_agg in AGGREGATIONS, "loss_agg", f"must be one of {AGGREGATIONS}")
         need(0 <= self.clip_low < 1, "clip_low", "must lie in [0, 1)")
         need(self.clip_high >= 0, "clip_high", "must be >= 0")
         need(self.dual_clip is None or self.dual_clip > 1, "dual_clip", "must be > 1, or None to disable")

@@ -527,6 +527,10 @@ class Verifier:
     def worker_pids(self) -> list[int]:
         return [w.pid for w in self._workers]
 
+    def busy_worker_pids(self) -> list[int]:
+        """Workers scoring a chunk right now (another thread may be inside `score`)."""
+        return [w.pid for w in self._workers if w.busy]
+
     def close(self) -> None:
         """Stop the workers. The verifier can be used again: it restarts them on demand."""
         workers, self._workers = self._workers, []

@@ -13,19 +13,42 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gvm import distributed as gdist
+from gvm.config_build import require
 from gvm.packing import Sample
 from gvm.prompts import encode_prompt
 from gvm.trainer import PolicyTrainer
 from gvm.trainer_config import TrainerConfig
 
-
 DONE_FILE = "WARMSTART_DONE"  # written last: a folder without it is an interrupted warm start
+BATCH_STREAM = 7               # RNG stream of the batch draws: key [seed, 7], apart from the RL loop's
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """Supervised fine-tuning on worked solutions before RL (the run config's section `warmstart`),
+    so that acceptance rates spread over (0, 1) instead of all being 0 (a random model never boxes
+    the right number)."""
+    steps: int | None = None             # optimizer steps; None: 600 for the built-in task + model, else 0
+                                         # (300 left acceptance near 0.1: RL cannot outpace that much missing SFT)
+    batch_size: int = 32                 # solutions per step
+    lr: float = 5e-3                     # high: the tiny model starts from random weights
+    min_lr_ratio: float = 0.1            # the cosine ends at lr * min_lr_ratio (5e-4)
+    warmup_steps: int = 20
+    solution_key: str = "solution"       # rows must hold a worked solution ending in \boxed{}
+
+    def __post_init__(self) -> None:
+        require(self.steps is None or self.steps >= 0, "warmstart.steps", self.steps, "must be >= 0 or null (auto)")
+        require(self.batch_size >= 1, "warmstart.batch_size", self.batch_size, "must be >= 1")
+        require(self.lr > 0, "warmstart.lr", self.lr, "must be > 0")
+        require(0 <= self.min_lr_ratio <= 1, "warmstart.min_lr_ratio", self.min_lr_ratio, "must lie in [0, 1]")
+        require(self.warmup_steps >= 0, "warmstart.warmup_steps", self.warmup_steps, "must be >= 0")
 
 
 def end_of_turn_id(tokenizer: Any) -> int:
@@ -58,26 +81,26 @@ def is_done(folder: Path) -> bool:
     return (Path(folder) / DONE_FILE).is_file()
 
 
-def warm_start(trainer_config: TrainerConfig, rows: list[dict], tokenizer: Any, out_dir: Path, *, steps: int,
-               batch_size: int, lr: float, warmup_steps: int, style: str, solution_key: str, seed: int,
-               progress: bool = False) -> tuple[Path, list[float]]:
+def warm_start(trainer_config: TrainerConfig, settings: WarmStartConfig, rows: list[dict], tokenizer: Any,
+               out_dir: Path, *, steps: int, style: str, seed: int, progress: bool = False) -> tuple[Path, list[float]]:
     """Fine-tune `trainer_config.model_path` on the rows' solutions for `steps` optimizer steps
-    (cosine from `lr` after a linear warm-up) and save it to `out_dir`. Returns the folder and the
-    loss per step. Collective: every rank calls it with the same arguments."""
-    samples = solution_samples(rows, tokenizer, style, solution_key)
+    (cosine from `settings.lr` after a linear warm-up) and save it to `out_dir`. Returns the folder
+    and the loss per step. Collective: every rank calls it with the same arguments."""
+    samples = solution_samples(rows, tokenizer, style, settings.solution_key)
     if not samples:
         raise ValueError(f"warmstart.steps={steps} needs training rows with a worked solution in "
-                         f"{solution_key!r}; none has one (set warmstart.steps=0 or warmstart.solution_key)")
+                         f"{settings.solution_key!r}; none has one (set warmstart.steps=0 or warmstart.solution_key)")
     config = dataclasses.replace(
-        trainer_config, lr=lr, lr_schedule="cosine", warmup_steps=min(warmup_steps, steps - 1),
-        total_steps=steps, min_lr_ratio=0.1, algorithm="raft", grad_norm_params="none", kl_coef=0.0,
-        optimizer_steps_per_call=1)
+        trainer_config, lr=settings.lr, lr_schedule="cosine", warmup_steps=min(settings.warmup_steps, steps - 1),
+        total_steps=steps, min_lr_ratio=settings.min_lr_ratio, algorithm="raft", grad_norm_params="none",
+        kl_coef=0.0, optimizer_steps_per_call=1)
     trainer = PolicyTrainer(config, tokenizer)
-    rng = np.random.default_rng([seed, 7])  # same on every rank: all ranks must pass the same batch
+    rng = np.random.default_rng([seed, BATCH_STREAM])  # same on every rank: all ranks pass the same batch
     losses = []
     bar = _progress(steps, progress)
     for _ in range(steps):
-        batch = [samples[i] for i in rng.choice(len(samples), size=min(batch_size, len(samples)), replace=False)]
+        batch = [samples[i] for i in rng.choice(len(samples), size=min(settings.batch_size, len(samples)),
+                                                 replace=False)]
         metrics = trainer.train_step(batch, "raft")
         losses.append(metrics["loss"])
         if bar is not None:

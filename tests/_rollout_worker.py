@@ -21,9 +21,10 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gvm.rollout.base import SamplingConfig
-from gvm.rollout.vllm_engine import VLLMEngine, VLLMEngineConfig
-from gvm.rollout.weight_sync import hf_name, param_nbytes, sync_weights
+from gvm.engines.base import SamplingConfig
+from gvm.engines.factory import make_engine
+from gvm.engines.vllm_engine import VLLMEngineConfig
+from gvm.engines.weight_sync import hf_name, param_nbytes, sync_weights
 
 MAX_TOKENS = 12
 BUCKET_BYTES = 100_000  # splits every layer's q/k/v and gate/up over buckets on the tiny model
@@ -86,7 +87,8 @@ def run_phase(args, engine, tp: int) -> dict:
     """Build a VLLMEngine with tensor-parallel size tp, take one training step, sync, compare."""
     rank, world = dist.get_rank(), dist.get_world_size()
     started = time.perf_counter()
-    rollout = VLLMEngine(args.model, VLLMEngineConfig(dtype="float32", tensor_parallel_size=tp, max_model_len=256))
+    rollout = make_engine("vllm", args.model, vllm_config=VLLMEngineConfig(dtype="float32", tensor_parallel_size=tp,
+                                                                               max_model_len=256))
     start_seconds = time.perf_counter() - started
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     replica_seed = args.seed + (rank // tp) * 1000  # tp ranks of one replica: same prompts
@@ -171,7 +173,7 @@ def run_trainer_phase(args) -> dict:
     trainer = PolicyTrainer(TrainerConfig(model_path=args.model, zero_stage=3, dtype="float32", lr=5e-3,
                                           algorithm="raft", temperature=temperature, seed=args.seed,
                                           use_liger=False))
-    rollout = VLLMEngine(args.model, VLLMEngineConfig(dtype="float32", max_model_len=256))
+    rollout = make_engine("vllm", args.model, vllm_config=VLLMEngineConfig(dtype="float32", max_model_len=256))
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     prompts = random_prompts(tokenizer, args.seed + 1000 * rank, count=3)
     sampling = SamplingConfig(temperature=temperature, max_tokens=MAX_TOKENS)

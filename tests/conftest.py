@@ -1,13 +1,63 @@
-"""Shared test fixtures: the evaluation data folder beside the checkout, and a small thread
-count so parallel test processes do not oversubscribe the CI machine's 2 cores."""
+"""Shared test fixtures: the session seed (tests/_seed.py) with its replay line in every failure
+report, per-test seeding of the global RNGs, the evaluation data folder beside the checkout, and
+a small thread count so parallel test processes do not oversubscribe the CI machine's 2 cores."""
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from _seed import ENV, SESSION_SEED, seed_for
 
 torch.set_num_threads(2)
 
 EVAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval"
+
+
+def pytest_configure(config):
+    try:
+        from hypothesis import core
+    except ImportError:
+        return
+    if config.getoption("hypothesis_seed", None) is None:
+        core.global_force_seed = SESSION_SEED  # property tests draw fresh inputs per session, replayable
+
+
+def pytest_report_header(config):
+    return f"{ENV}={SESSION_SEED} (set it to replay this session's random inputs)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        report.sections.append(("replay", f"{ENV}={SESSION_SEED} python -m pytest '{item.nodeid}'"))
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_rngs(request):
+    """python, numpy and torch global RNGs seeded from the test's id: unseeded draws replay too."""
+    value = seed_for(request.node.nodeid)
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+@pytest.fixture
+def seed(request) -> int:
+    """This test's own seed (printed: pytest shows it with a failure)."""
+    value = seed_for(request.node.nodeid)
+    print(f"seed {value} ({ENV}={SESSION_SEED})")
+    return value
+
+
+@pytest.fixture(scope="module")
+def module_seed(request) -> int:
+    """One seed for a module's shared fixtures (models built once per module)."""
+    value = seed_for(request.module.__name__)
+    print(f"module seed {value} ({ENV}={SESSION_SEED})")
+    return value
 
 
 @pytest.fixture(scope="session")

@@ -9,18 +9,14 @@ import yaml
 
 from gvm.config import (ConfigError, RunConfig, check_model_folder, check_paths, from_dict, load_config,
                         parse_override)
-from gvm.rollout.base import SamplingConfig
+from gvm.engines.base import SamplingConfig
 from gvm.toy import build_tokenizer
 from gvm.trainer_config import TrainerConfig
 from gvm.verify import VerifierConfig
 
-SEED = random.randrange(2**31)
-
-
 @pytest.fixture
-def rng():
-    print(f"seed={SEED}")
-    return random.Random(SEED)
+def rng(seed):
+    return random.Random(seed)
 
 
 def test_defaults_are_the_builtin_run():
@@ -101,7 +97,7 @@ def test_bad_values_name_key_value_and_what_is_allowed(override, key, fragment):
 
 
 def test_reused_class_errors_carry_their_section():
-    with pytest.raises(ConfigError, match=r"trainer.*TrainerConfig.zero_stage=5"):
+    with pytest.raises(ConfigError, match=r"config key trainer\.zero_stage=5: must be 0, 1, 2 or 3"):
         load_config(None, ["trainer.zero_stage=5"])
     with pytest.raises(ConfigError, match=r"rollout.sampling.*top_p"):
         load_config(None, ["rollout.sampling.top_p=0"])
@@ -170,3 +166,52 @@ def test_presets_load_and_name_their_run(preset):
     cfg = load_config(preset, ["model=/any/model", "train_data=/any/train.jsonl"])
     assert cfg.name == preset.stem
     assert cfg.sampler.kind in ("gvm", "uniform") and cfg.algorithm in ("raft++", "grpo")
+
+
+PAPER_PRESETS = {"paper_gvm_raft++": ("raft++", "gvm"), "paper_gvm_grpo": ("grpo", "gvm"),
+                 "paper_raft++": ("raft++", "uniform"), "paper_grpo": ("grpo", "uniform")}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_PRESETS))
+def test_paper_presets_carry_the_authors_settings(name):
+    """The RLHFlow/GVM run scripts: 1024 prompts per iteration, N' = 8, N = 8 per prompt, alpha 1e-3,
+    beta 2, unsolved prompts skipped, no cap, floor or filters, the pilot thrown away, lr 1e-6,
+    clip 0.2, temperature 1, responses up to 3072 tokens, token-mean, GRPO's KL 1e-3."""
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml",
+                      ["model=/any/model", "train_data=/any/train.jsonl"])
+    algorithm, sampler = PAPER_PRESETS[name]
+    assert (cfg.algorithm, cfg.sampler.kind) == (algorithm, sampler)
+    assert cfg.data.prompts_per_iteration == 1024
+    assert cfg.sampler.stage2_budget(cfg.data.prompts_per_iteration) == 8 * 1024        # N = 8 per prompt
+    if sampler == "gvm":
+        assert cfg.sampler.pilot_n == 8
+        assert cfg.sampler.allocate_kwargs() == {
+            "alpha": 1e-3, "beta": 2.0, "min_per_prompt": 0, "max_per_prompt": None, "filter_threshold": None,
+            "filter_insufficient": None, "zero_accept": "skip", "explore_per_prompt": 1, "explore_fraction": 0.1}
+        assert not cfg.sampler.reuses_pilot
+    trainer = cfg.trainer
+    assert trainer.lr == 1e-6 and trainer.clip_low == trainer.clip_high == 0.2 and trainer.loss_agg == "token-mean"
+    assert trainer.kl_coef == (1e-3 if algorithm == "grpo" else 0.0)
+    assert cfg.rollout.sampling.temperature == 1.0 and trainer.temperature == 1.0
+    assert cfg.rollout.sampling.max_tokens == 3072
+
+
+def test_run_defaults_differ_from_library_defaults_only_where_declared():
+    """Each setting has one default: the sampler's allocation settings are allocate()'s except the
+    two the run config overrides (with their reasons), the trainer's are TrainerConfig's except
+    RUN_TRAINER_DEFAULTS, and the tiny model's are gvm.toy's."""
+    import inspect
+
+    from gvm.allocation import allocate
+    from gvm.config import RUN_TRAINER_DEFAULTS, SamplerConfig
+    from gvm.toy import TinyModelConfig, build_tiny
+
+    library = {k: p.default for k, p in inspect.signature(allocate).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    run = SamplerConfig().allocate_kwargs()
+    assert {k for k in library if library[k] != run[k]} == {"max_per_prompt", "zero_accept"}
+    trainer_run, trainer_lib = dataclasses.asdict(RunConfig().trainer), dataclasses.asdict(TrainerConfig(model_path="x"))
+    differ = {k for k in trainer_lib if trainer_lib[k] != trainer_run[k]}
+    assert differ == set(RUN_TRAINER_DEFAULTS) | {"model_path"}
+    assert RunConfig().tiny == TinyModelConfig()
+    assert all(p.kind is p.VAR_KEYWORD for n, p in inspect.signature(build_tiny).parameters.items() if n != "path"
+               and n != "seed")

@@ -42,29 +42,29 @@ def evaluate(expression: str) -> int:
 # --- load_prompts: formats -------------------------------------------------------------------
 
 
-def test_jsonl_round_trip_keeps_fields_and_raw_answers(tmp_path):
-    records = random_records(random.Random(), 30)
+def test_jsonl_round_trip_keeps_fields_and_raw_answers(seed, tmp_path):
+    records = random_records(random.Random(seed), 30)
     rows = load_prompts(write_jsonl(records, tmp_path / "p.jsonl"))
     assert rows == expected_rows(records)
 
 
-def test_json_list_and_data_wrapper_load_the_same_rows(tmp_path):
-    records = random_records(random.Random(), 12)
+def test_json_list_and_data_wrapper_load_the_same_rows(seed, tmp_path):
+    records = random_records(random.Random(seed), 12)
     (tmp_path / "list.json").write_text(json.dumps(records))
     (tmp_path / "wrapped.json").write_text(json.dumps({"data": records, "version": 1}))
     assert load_prompts(tmp_path / "list.json") == expected_rows(records)
     assert load_prompts(tmp_path / "wrapped.json") == expected_rows(records)
 
 
-def test_json_file_holding_json_lines_is_read_as_lines(tmp_path):
-    records = random_records(random.Random(), 5)
+def test_json_file_holding_json_lines_is_read_as_lines(seed, tmp_path):
+    records = random_records(random.Random(seed), 5)
     path = tmp_path / "lines.json"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert load_prompts(path) == expected_rows(records)
 
 
-def test_parquet_round_trip(tmp_path):
-    rng = random.Random()
+def test_parquet_round_trip(seed, tmp_path):
+    rng = random.Random(seed)
     records = [{"problem": f"p{rng.random()}", "answer": str(rng.randint(0, 99)),
                 "level": rng.randint(1, 5)} for _ in range(20)]
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "p.parquet")

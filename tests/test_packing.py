@@ -18,8 +18,8 @@ def random_samples(rng: random.Random, count: int) -> list[Sample]:
     return out
 
 
-def test_pack_aligns_targets_masks_and_per_token_values():
-    rng = random.Random()
+def test_pack_aligns_targets_masks_and_per_token_values(seed):
+    rng = random.Random(seed)
     samples = random_samples(rng, rng.randint(1, 6))
     batch = pack(samples)
     assert batch.cu_seqlens.dtype == torch.int32
@@ -63,8 +63,8 @@ def test_sample_rejects_bad_fields(bad, field):
         Sample(**args)
 
 
-def test_balance_is_longest_first_onto_lightest_rank():
-    rng = random.Random()
+def test_balance_is_longest_first_onto_lightest_rank(seed):
+    rng = random.Random(seed)
     lengths = [rng.randint(1, 100) for _ in range(rng.randint(1, 40))]
     world = rng.randint(1, 5)
     shares = balance_across_ranks(lengths, world)
@@ -81,8 +81,8 @@ def test_balance_is_longest_first_onto_lightest_rank():
     assert balance_across_ranks(lengths, world) == shares  # deterministic
 
 
-def test_token_budget_and_equal_micro_batch_counts():
-    rng = random.Random()
+def test_token_budget_and_equal_micro_batch_counts(seed):
+    rng = random.Random(seed)
     lengths = [rng.randint(1, 60) for _ in range(rng.randint(1, 30))]
     budget = rng.randint(20, 120)
     bins = split_by_token_budget(range(len(lengths)), lengths, budget)

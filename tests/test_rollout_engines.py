@@ -6,16 +6,18 @@ import random
 import string
 
 import pytest
+from _seed import seed_for
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gvm.rollout import base
-from gvm.rollout.base import Completion, SamplingConfig, make_engine, normalize_counts
-from gvm.rollout.hf_engine import HFEngine, HFEngineConfig
-from gvm.rollout.weight_sync import hf_name, iter_gathered_weights, param_nbytes, plan_buckets, sync_weights
+from gvm.engines import factory
+from gvm.engines.base import Completion, SamplingConfig, normalize_counts
+from gvm.engines.factory import make_engine
+from gvm.engines.hf_engine import HFEngine, HFEngineConfig
+from gvm.engines.weight_sync import hf_name, iter_gathered_weights, param_nbytes, plan_buckets, sync_weights
 from gvm.toy import build_tiny
 
-SEED = random.randrange(2**31)
+SEED = seed_for(__name__)  # this module's seed (tests/_seed.py: replay with GVM_TEST_SEED)
 MAX_TOKENS = 10
 
 
@@ -52,9 +54,9 @@ def hf_engine(tiny_dir):
 @pytest.fixture(scope="module")
 def vllm_engine(tiny_dir):
     """Tests that use it skip where vllm is not installed; the HF ones still run."""
-    module = pytest.importorskip("gvm.rollout.vllm_engine", reason="vllm is not installed")
-    engine = module.VLLMEngine(tiny_dir, module.VLLMEngineConfig(dtype="float32", max_n_per_request=16,
-                                                                 max_model_len=256))
+    module = pytest.importorskip("gvm.engines.vllm_engine", reason="vllm is not installed")
+    engine = make_engine("vllm", tiny_dir, vllm_config=module.VLLMEngineConfig(dtype="float32", max_n_per_request=16,
+                                                                               max_model_len=256))
     yield engine
     engine.close()
 
@@ -260,7 +262,7 @@ def test_hf_update_weights_takes_wrapped_names(hf_engine, reference, prompts, ti
 def test_sleep_and_wake_on_cpu(vllm_engine, prompts, caplog):
     greedy = SamplingConfig(temperature=0.0, max_tokens=4)
     before = vllm_engine.generate(prompts[:2], 1, greedy)
-    with caplog.at_level(logging.INFO, logger="gvm.rollout.vllm_engine"):
+    with caplog.at_level(logging.INFO, logger="gvm.engines.vllm_engine"):
         for _ in range(3):
             vllm_engine.sleep()
             with pytest.raises(RuntimeError, match="asleep"):
@@ -305,8 +307,8 @@ def test_iter_gathered_weights_on_a_plain_module(reference):
 def test_make_engine_auto_falls_back_to_hf_without_vllm(monkeypatch, tiny_dir, caplog):
     # The one fake in this file: the registry points "vllm" at a module that does not exist,
     # which is what an environment without vllm looks like to make_engine.
-    monkeypatch.setitem(base.ENGINE_REGISTRY, "vllm", "gvm.rollout._no_such_vllm_module:VLLMEngine")
-    with caplog.at_level(logging.WARNING, logger="gvm.rollout.base"):
+    monkeypatch.setitem(factory.ENGINE_REGISTRY, "vllm", "gvm.engines._no_such_vllm_module:VLLMEngine")
+    with caplog.at_level(logging.WARNING, logger="gvm.engines.factory"):
         engine = make_engine("auto", str(tiny_dir), hf_config=HFEngineConfig(max_batch_size=4))
     assert isinstance(engine, HFEngine)
     assert any("HFEngine" in r.getMessage() for r in caplog.records)
@@ -317,6 +319,6 @@ def test_make_engine_auto_falls_back_to_hf_without_vllm(monkeypatch, tiny_dir, c
 
 
 def test_registry_names_the_real_classes():
-    module = pytest.importorskip("gvm.rollout.vllm_engine", reason="vllm is not installed")
-    assert base.engine_class("vllm") is module.VLLMEngine
-    assert base.engine_class("hf") is HFEngine
+    module = pytest.importorskip("gvm.engines.vllm_engine", reason="vllm is not installed")
+    assert factory.engine_class("vllm") is module.VLLMEngine
+    assert factory.engine_class("hf") is HFEngine

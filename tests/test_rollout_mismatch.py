@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from gvm.rollout.mismatch import MismatchConfig, mismatch_weights, pad_logprobs
+from gvm.engines.mismatch import MismatchConfig, mismatch_weights, pad_logprobs
 
 
 def _random_batch(seed: int, batch: int = 6, width: int = 9, spread: float = 1.5):
@@ -16,13 +16,6 @@ def _random_batch(seed: int, batch: int = 6, width: int = 9, spread: float = 1.5
     lengths[0] = width  # at least one full row
     mask = torch.arange(width)[None, :] < lengths[:, None]
     return old, engine, mask
-
-
-@pytest.fixture
-def seed() -> int:
-    seed = int(torch.randint(0, 2**31 - 1, (1,)))
-    print(f"seed={seed}")
-    return seed
 
 
 def test_tis_weights_are_capped_ratios(seed):

@@ -4,13 +4,13 @@ engine, once with one vLLM replica per rank (tp=1, data-parallel rollout) and on
 replica over both ranks (tp=2); and from gvm's PolicyTrainer, checked against its own
 `logprobs`. Fresh model weights and prompts each run (the seed is printed)."""
 import json
-import random
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _seed import seed_for
 
 pytest.importorskip("deepspeed")
 pytest.importorskip("vllm")
@@ -19,7 +19,7 @@ from gvm.toy import build_tiny  # noqa: E402
 
 WORKER = Path(__file__).with_name("_rollout_worker.py")
 TP_SIZES = (1, 2)
-SEED = random.randrange(2**31)
+SEED = seed_for(__name__)  # this module's seed (tests/_seed.py: replay with GVM_TEST_SEED)
 
 
 def _free_port() -> int:

@@ -60,9 +60,9 @@ def test_model_loads_in_float32_and_predicts_over_the_whole_vocabulary(tiny_dir)
     assert stop_ids == {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END_TOKEN)}
 
 
-def test_loaded_tokenizer_round_trips_random_text_exactly(tiny_dir):
+def test_loaded_tokenizer_round_trips_random_text_exactly(seed, tiny_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
-    rng = random.Random()
+    rng = random.Random(seed)
     for _ in range(20):
         text = random_text(rng, rng.randint(1, 200), string.printable)
         ids = tokenizer.encode(text)
@@ -72,11 +72,11 @@ def test_loaded_tokenizer_round_trips_random_text_exactly(tiny_dir):
     assert tokenizer.decode(tokenizer.encode(unicode_text)) == unicode_text
 
 
-def test_built_and_loaded_tokenizers_agree_token_for_token(tiny_dir):
+def test_built_and_loaded_tokenizers_agree_token_for_token(seed, tiny_dir):
     built = build_tokenizer()
     loaded = AutoTokenizer.from_pretrained(tiny_dir)
     assert len(built) == len(loaded)
-    rng = random.Random()
+    rng = random.Random(seed)
     alphabet = string.printable + "é中😀" + IM_END_TOKEN
     for _ in range(20):
         text = random_text(rng, rng.randint(1, 100), alphabet)

@@ -2,21 +2,21 @@
 sample construction, dealing prompts to engine replicas, prompt batches, the task's difficulty
 mix, the allocation fallback and the table's histogram. Fresh random inputs each run."""
 import math
-import random
 
 import numpy as np
 import pytest
+from _seed import seed_for
 from gvm.algorithms import ALGORITHMS, advantages_with_baseline, get_algorithm
 from gvm.allocation import allocate
 from gvm.config import SamplerConfig
 from gvm.prompts import Prompt, PromptBatches
-from gvm.rollout.base import Completion
+from gvm.engines.base import Completion
 from gvm.rollouts import RolloutBatch, deal
 from gvm.run_log import acceptance_histogram, format_header, format_row
 from gvm.stats import PromptStats
-from gvm.train import allocate_counts, make_samples
+from gvm.stages import allocate_counts, make_samples
 
-SEED = random.randrange(2**31)
+SEED = seed_for(__name__)  # this module's seed (tests/_seed.py: replay with GVM_TEST_SEED)
 
 
 @pytest.fixture

@@ -12,23 +12,15 @@ from _trainer_reference import (loss_and_grads, per_sample_norms, plain_model, r
 
 from gvm.ds_config import use_torch_adam
 from gvm.toy import build_tiny
-from gvm.trainer import PolicyTrainer, TrainerConfig
+from gvm.trainer import PolicyTrainer, Sample, TrainerConfig
 
 log = logging.getLogger(__name__)
 TINY = dict(hidden_size=64, num_heads=2, num_kv_heads=1, head_dim=32, intermediate_size=128)
 
 
 @pytest.fixture(scope="module")
-def seed() -> int:
-    value = random.randrange(2**31)
-    log.info("test seed %d", value)
-    print(f"test seed {value}")
-    return value
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, seed):
-    return build_tiny(tmp_path_factory.mktemp("tiny"), seed=seed, **TINY)
+def tiny_dir(tmp_path_factory, module_seed):
+    return build_tiny(tmp_path_factory.mktemp("tiny"), seed=module_seed, **TINY)
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +244,8 @@ def test_checkpoint_resumes_exactly(sft_trainer, sft_config, tmp_path, seed):
 # ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tied_trainer(tmp_path_factory, seed):
-    path = build_tiny(tmp_path_factory.mktemp("tied"), seed=seed + 1, tie_word_embeddings=True, **TINY)
+def tied_trainer(tmp_path_factory, module_seed):
+    path = build_tiny(tmp_path_factory.mktemp("tied"), seed=module_seed + 1, tie_word_embeddings=True, **TINY)
     return PolicyTrainer(TrainerConfig(model_path=str(path), dtype="float32", torch_adam=True, lr=1e-3,
                                        grad_norm_params="both",
                                        attention="grouped", gradient_checkpointing=True, micro_batch_tokens=48)), path
@@ -314,43 +306,36 @@ def test_lower_zero_stages_match_plain_pytorch(tiny_dir, seed, stage):
 
 
 VLLM_SCRIPT = """
-import json, os, sys
-os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-from vllm import LLM, SamplingParams
-from vllm.inputs import TokensPrompt
-folder, sequences = sys.argv[1], json.loads(sys.argv[2])
-llm = LLM(model=folder, dtype="float32", gpu_memory_utilization=0.05, enforce_eager=True,
-          distributed_executor_backend="external_launcher")
-outs = llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences],
-                    SamplingParams(max_tokens=1, prompt_logprobs=0))
-print("LOGPROBS", json.dumps([[None] + [d[t].logprob for d, t in zip(o.prompt_logprobs[1:], s[1:])]
-                              for o, s in zip(outs, sequences)]))
+import json, sys
+from gvm.engines.base import SamplingConfig
+from gvm.engines.factory import resolve_engine
+folder, prompts, seed = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+engine = resolve_engine("vllm", {"dtype": "float32", "cpu_kv_cache_bytes": 32 << 20}, {}, seed=seed).build(folder)
+rows = engine.generate(prompts, 2, SamplingConfig(temperature=1.0, max_tokens=12, seed=seed))
+print("SAMPLES", json.dumps([[(c.token_ids, c.logprobs) for c in row] for row in rows]))
+engine.close()
 """
 
 
 def test_save_hf_loads_in_vllm_with_equal_log_probs(tied_trainer, tmp_path, seed):
-    """vLLM (in a subprocess: its own process group and memory) scores the saved folder like we do."""
+    """vLLM (in a subprocess: its own process group and memory), built by the project's engine
+    factory, samples from the saved folder; its log-probs of what it sampled equal ours."""
     import json
-    import os
-    import socket
     import subprocess
     import sys
 
     pytest.importorskip("vllm")
     trainer, _ = tied_trainer
     out = trainer.save_hf(tmp_path / "hf")
-    samples = random_samples(random.Random(seed + 47), 3, vocab_high=90)
-    sequences = [list(s.prompt_ids) + list(s.response_ids) for s in samples]
-    with socket.socket() as sock:  # a free port for vLLM's one-process group
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(port)}
-    proc = subprocess.run([sys.executable, "-c", VLLM_SCRIPT, str(out), json.dumps(sequences)], env=env,
+    prompts = [list(s.prompt_ids) for s in random_samples(random.Random(seed + 47), 3, vocab_high=90)]
+    proc = subprocess.run([sys.executable, "-c", VLLM_SCRIPT, str(out), json.dumps(prompts), str(seed)],
                           capture_output=True, text=True, timeout=600)
-    line = [x for x in proc.stdout.splitlines() if x.startswith("LOGPROBS ")]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("SAMPLES ")]
     assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-4000:]
-    theirs = json.loads(line[0][len("LOGPROBS "):])
-    for s, lp, ref in zip(samples, trainer.logprobs(samples), theirs):
-        torch.testing.assert_close(lp, torch.tensor(ref[len(s.prompt_ids):], dtype=torch.float32), rtol=1e-5,
-                                   atol=1e-5)
+    rows = json.loads(line[0][len("SAMPLES "):])
+    samples = [Sample(sample_id=f"{i}/{j}", prompt_ids=prompt, response_ids=tokens, advantage=1.0)
+               for i, (prompt, row) in enumerate(zip(prompts, rows)) for j, (tokens, _) in enumerate(row)]
+    theirs = [logprobs for row in rows for _, logprobs in row]
+    assert all(len(s.response_ids) > 0 for s in samples)
+    for ours, ref in zip(trainer.logprobs(samples), theirs):
+        torch.testing.assert_close(ours, torch.tensor(ref, dtype=torch.float32), rtol=1e-5, atol=1e-5)

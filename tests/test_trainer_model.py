@@ -15,8 +15,8 @@ TINY = dict(hidden_size=64, num_heads=2, num_kv_heads=1, head_dim=32, intermedia
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
-def model_dir(request, tmp_path_factory):
-    return build_tiny(tmp_path_factory.mktemp("m"), seed=random.randrange(2**31), tie_word_embeddings=request.param,
+def model_dir(request, tmp_path_factory, module_seed):
+    return build_tiny(tmp_path_factory.mktemp("m"), seed=module_seed, tie_word_embeddings=request.param,
                       **TINY)
 
 
@@ -31,8 +31,8 @@ def fused_model(model_dir):
 
 
 @pytest.mark.parametrize("attention", ["packed", "grouped"])
-def test_packed_log_probs_equal_per_sample_forward(model_dir, attention):
-    rng = random.Random()
+def test_packed_log_probs_equal_per_sample_forward(seed, model_dir, attention):
+    rng = random.Random(seed)
     samples = random_samples(rng, 6, vocab_high=90)
     samples.append(random_samples(rng, 1, vocab_high=90)[0])
     samples[-1].sample_id = 99
@@ -48,8 +48,8 @@ def test_packed_log_probs_equal_per_sample_forward(model_dir, attention):
     assert bool((out.logp[~batch.response_mask] == 0).all())
 
 
-def test_capture_sees_the_gradient_at_the_embedding_output(model_dir):
-    samples = random_samples(random.Random(), 3)
+def test_capture_sees_the_gradient_at_the_embedding_output(seed, model_dir):
+    samples = random_samples(random.Random(seed), 3)
     policy = PackedPolicy(fused_model(model_dir), "packed")
     batch = pack(samples)
     capture = Capture(want_embed_grad=True)

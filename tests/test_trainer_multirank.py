@@ -33,10 +33,8 @@ def samples_with_uneven_ranks(rng: random.Random):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    seed = random.randrange(2**31)
-    log.info("test seed %d", seed)
-    print(f"test seed {seed}")
+def runs(tmp_path_factory, module_seed):
+    seed = module_seed
     root = tmp_path_factory.mktemp("multirank")
     model_dir = build_tiny(root / "model", seed=seed, **TINY)
     rng = random.Random(seed)

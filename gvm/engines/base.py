@@ -1,13 +1,11 @@
-"""The rollout engine interface, its data types, and a lazy registry of engines by name.
+"""The rollout engine interface and its data types (the registry and factory: gvm.engines.factory).
 
 GVM gives every prompt its own sample count n_i (possibly 0), so `generate` takes one count
-per prompt and returns one list of completions per prompt. Engines register an import path,
-not a class, so `import gvm.rollout` never imports vLLM; it is imported only when chosen.
+per prompt and returns one list of completions per prompt.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -119,8 +117,8 @@ class PrivateRNG:
 class Engine(ABC):
     """A generator of completions that can take new weights and give its memory back.
 
-    Colocated use, per iteration: generate -> sleep -> train -> update_weights (wakes the
-    engine) -> generate. `close()` frees the engine for good.
+    Colocated use, per iteration (gvm.colocation): generate -> sleep -> train -> update_weights
+    (wakes the engine) -> generate. `close()` frees the engine for good.
     """
 
     @abstractmethod
@@ -139,50 +137,23 @@ class Engine(ABC):
 
     @abstractmethod
     def sleep(self) -> None:
-        """Release accelerator memory while the trainer runs (a no-op where unsupported)."""
+        """Release accelerator memory while the trainer runs (where unsupported, nothing moves but
+        the engine still counts as asleep: `generate` refuses until it wakes)."""
 
     @abstractmethod
     def wake(self) -> None:
         """Take the memory back after `sleep`."""
 
+    @property
+    @abstractmethod
+    def asleep(self) -> bool:
+        """Between `sleep` and `wake` / `update_weights`."""
+
+    @property
+    def needs_weights(self) -> bool:
+        """The last sleep dropped the weights: only `update_weights` makes the engine usable again."""
+        return False
+
     @abstractmethod
     def close(self) -> None:
         """Free the engine; it cannot be used afterwards."""
-
-
-# name -> "module:Class"; modules are imported on first use so vLLM stays optional.
-ENGINE_REGISTRY: dict[str, str] = {
-    "vllm": "gvm.rollout.vllm_engine:VLLMEngine",
-    "hf": "gvm.rollout.hf_engine:HFEngine",
-}
-
-
-def engine_class(name: str) -> type[Engine]:
-    """The engine class registered as `name`, imported now (ImportError if its backend is
-    not installed)."""
-    if name not in ENGINE_REGISTRY:
-        raise ValueError(f"unknown engine {name!r}: choose one of {sorted(ENGINE_REGISTRY)} or 'auto'")
-    module_name, _, class_name = ENGINE_REGISTRY[name].partition(":")
-    return getattr(importlib.import_module(module_name), class_name)
-
-
-def make_engine(
-    name: str = "auto",
-    model_path: str | None = None,
-    *,
-    vllm_config=None,
-    hf_config=None,
-) -> Engine:
-    """Build an engine by name. "auto" takes vLLM when it imports, else the transformers
-    engine, and says so in the log. Each engine gets its own config (VLLMEngineConfig /
-    HFEngineConfig; None for the defaults), so "auto" can carry both."""
-    if name == "auto":
-        try:
-            cls = engine_class("vllm")
-        except ImportError as err:
-            logger.warning("vLLM is not importable (%s): rolling out with transformers (HFEngine)", err)
-            cls = engine_class("hf")
-    else:
-        cls = engine_class(name)
-    config = vllm_config if ENGINE_REGISTRY.get("vllm", "").endswith(cls.__name__) else hf_config
-    return cls(model_path, config)

@@ -25,8 +25,8 @@ from transformers import (
 )
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from gvm.rollout.base import Completion, Engine, PrivateRNG, SamplingConfig, normalize_counts
-from gvm.rollout.weight_sync import hf_name
+from gvm.engines.base import Completion, Engine, PrivateRNG, SamplingConfig, normalize_counts
+from gvm.engines.weight_sync import hf_name
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class _GatherChosen(StoppingCriteria):
 class HFEngine(Engine):
     """Batched `generate` with left padding; greedy when temperature == 0."""
 
+    config_class = HFEngineConfig
+
     def __init__(
         self,
         model_path: str | None = None,
@@ -107,6 +109,7 @@ class HFEngine(Engine):
             bos_token_id=self.model.generation_config.bos_token_id,
         )
         self._rng = PrivateRNG(self.config.seed)
+        self._asleep = False
 
     def _model_eos_ids(self) -> list[int]:
         ids: list[int] = []
@@ -126,6 +129,8 @@ class HFEngine(Engine):
         n_per_prompt: Sequence[int] | int,
         sampling: SamplingConfig,
     ) -> list[list[Completion]]:
+        if self._asleep:
+            raise RuntimeError("the engine is asleep: call wake() or update_weights(...) before generate")
         counts = normalize_counts(n_per_prompt, len(prompt_token_ids))
         # Greedy: decode each prompt once and copy (n identical decodes would waste compute).
         rows = [i for i, n in enumerate(counts) for _ in range(1 if sampling.greedy else n) if n > 0]
@@ -184,7 +189,9 @@ class HFEngine(Engine):
     # ------------------------------------------------------------------ weights
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy each tensor into the parameter (or buffer) of the same Hugging Face name."""
+        """Copy each tensor into the parameter (or buffer) of the same Hugging Face name (waking
+        the engine first, as vLLM's does)."""
+        self.wake()
         targets = dict(self.model.named_parameters(remove_duplicate=False))
         targets.update(self.model.named_buffers())
         for name, tensor in named_tensors:
@@ -199,10 +206,26 @@ class HFEngine(Engine):
             targets[key].copy_(tensor)
 
     def sleep(self) -> None:
-        """Nothing to release: the HF engine keeps its model resident."""
+        """On an accelerator, move the model to host memory while the trainer runs; on the CPU
+        there is nothing to release (the engine only counts as asleep)."""
+        if self._asleep:
+            return
+        if self.device.type != "cpu":
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+        self._asleep = True
 
     def wake(self) -> None:
-        """Nothing to take back (see sleep)."""
+        """Move the model back after `sleep`."""
+        if not self._asleep:
+            return
+        if self.device.type != "cpu":
+            self.model.to(self.device)
+        self._asleep = False
+
+    @property
+    def asleep(self) -> bool:
+        return self._asleep
 
     def close(self) -> None:
         self.model = None

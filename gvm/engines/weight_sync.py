@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from gvm.rollout.base import Engine
+    from gvm.engines.base import Engine
 
 DEFAULT_BUCKET_BYTES = 512 << 20  # a few layers of a 1.5B model in bf16; one all-gather each
 

@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from gvm.rollout.base import Completion, Engine, PrivateRNG, SamplingConfig, normalize_counts
+from gvm.engines.base import Completion, Engine, PrivateRNG, SamplingConfig, normalize_counts
 
 # In-process engine: must be set before vllm reads its environment.
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -134,6 +134,8 @@ def _sampled_logprobs(token_ids: list[int], logprobs) -> list[float]:
 
 class VLLMEngine(Engine):
     """In-process vLLM rollout engine for one rank (see the module docstring)."""
+
+    config_class = VLLMEngineConfig
 
     def __init__(self, model_path: str, config: VLLMEngineConfig | None = None) -> None:
         self.config = config or VLLMEngineConfig()
@@ -312,6 +314,14 @@ class VLLMEngine(Engine):
             return
         self._wake_tags(None)
         self._asleep = False
+
+    @property
+    def asleep(self) -> bool:
+        return self._asleep
+
+    @property
+    def needs_weights(self) -> bool:
+        return self._weights_dropped
 
     def _wake_tags(self, tags: list[str] | None) -> None:
         if self._use_sleep:

@@ -1,0 +1,173 @@
+"""Everything a training run builds before its first iteration, in the order it must happen:
+checks, the process group, the run folder and its log, the model folder, the prompts, the
+supervised warm start, the trainer, the engine and verifier, and the state of a resumed run.
+
+`start_run(cfg)` returns a `Run` holding them; `gvm.train.main` is the loop over it. Every rank
+calls it (collective).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from gvm import distributed as gdist
+from gvm.algorithms import Algorithm, get_algorithm
+from gvm.colocation import Colocation
+from gvm.config import RunConfig, check_paths
+from gvm.ds_config import resolve_dtype
+from gvm.engines.factory import EngineSpec, model_stop_ids, resolve_engine
+from gvm.loop_state import LoopState, latest_checkpoint, load_checkpoint
+from gvm.prompts import Prompt, PromptBatches, load_rows, to_prompts
+from gvm.rollouts import Rollouts
+from gvm.run_log import PhaseTimer, RunLog
+from gvm.stats import PromptStats
+from gvm.toy import build_tiny
+from gvm.trainer import PolicyTrainer
+from gvm.verify import Verifier
+from gvm.warmstart import is_done, warm_start
+
+log = logging.getLogger("gvm.train")
+
+# A fresh run clears what an earlier run of the same name wrote there.
+RUN_OUTPUTS = ("tb", "checkpoints", "final")
+
+
+@dataclass
+class Run:
+    """The parts of a training run (see the module docstring)."""
+    cfg: RunConfig
+    run_dir: Path
+    log: RunLog
+    algorithm: Algorithm
+    eval_prompts: list[Prompt]
+    batches: PromptBatches
+    trainer: PolicyTrainer
+    rollouts: Rollouts
+    swap: Colocation             # who holds the accelerator: trainer or engine
+    timer: PhaseTimer
+    stats: PromptStats
+    state: LoopState
+    wall_start: float            # time.perf_counter() when the run started
+    warm_seconds: float = 0.0    # the warm start's wall time (0 when none ran now)
+
+    @property
+    def rank(self) -> int:
+        return gdist.rank()
+
+
+def start_run(cfg: RunConfig) -> Run:
+    """Build the run (see the module docstring); fails before any work on bad paths or settings."""
+    check_paths(cfg)
+    spec = resolve_engine(cfg.rollout.engine, cfg.rollout.vllm, cfg.rollout.hf, seed=cfg.seed, prefix="rollout.",
+                          dtype=str(resolve_dtype(cfg.trainer.dtype)).removeprefix("torch."))
+    _set_threads()
+    gdist.init_distributed()
+    rank = gdist.rank()
+    _quiet_libraries(rank)
+    wall_start = time.perf_counter()
+    resume_from = latest_checkpoint(cfg.run_dir) if cfg.resume else None
+    if cfg.resume and resume_from is None and rank == 0:
+        log.warning("resume=true but %s holds no checkpoint: starting from scratch", cfg.run_dir / "checkpoints")
+    run_dir = prepare_run_dir(cfg, rank, resuming=resume_from is not None)
+    runlog = RunLog(run_dir, enabled=rank == 0, tensorboard=cfg.log.tensorboard, table=cfg.log.table,
+                    plot=cfg.log.plot, fresh=resume_from is None)
+    runlog.print(f"# run {run_dir} (world size {gdist.world_size()}, engine {spec.name})\n{cfg.to_yaml()}")
+
+    base_model = prepare_model(cfg, run_dir, rank)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    train_rows, eval_rows = load_rows(cfg, run_dir / "data" if rank == 0 else None)
+    style, max_tokens = cfg.prompt_style, cfg.data.max_prompt_tokens
+    train_prompts = to_prompts(train_rows, tokenizer, style, max_tokens=max_tokens, name="train_data")
+    eval_prompts = to_prompts(eval_rows, tokenizer, style, max_tokens=max_tokens, name="eval_data") if eval_rows else []
+    policy_dir, warm_seconds = run_warm_start(cfg, base_model, run_dir, train_rows, tokenizer, runlog,
+                                              resuming=resume_from is not None)
+
+    trainer = PolicyTrainer(dataclasses.replace(cfg.trainer, model_path=str(policy_dir)), tokenizer)
+    rollouts = build_rollouts(spec, policy_dir, cfg)
+    timer = PhaseTimer()
+    swap = Colocation(trainer, rollouts, timer)
+    stats, state = PromptStats(cfg.sampler.stats_ema), LoopState(world_size=gdist.world_size())
+    if resume_from is not None:
+        state = load_checkpoint(trainer, run_dir, resume_from)
+        stats.load_state_dict(state.stats)
+        swap.sync()          # the engine was built from the warm start, not the checkpoint
+        timer.pop()
+        runlog.print(f"resumed from {resume_from} at iteration {state.iteration}")
+    return Run(cfg=cfg, run_dir=run_dir, log=runlog, algorithm=get_algorithm(cfg.algorithm), eval_prompts=eval_prompts,
+               batches=PromptBatches(train_prompts, cfg.data.prompts_per_iteration, cfg.seed), trainer=trainer,
+               rollouts=rollouts, swap=swap, timer=timer, stats=stats, state=state, wall_start=wall_start,
+               warm_seconds=warm_seconds)
+
+
+def build_rollouts(spec: EngineSpec, policy_dir: Path, cfg: RunConfig) -> Rollouts:
+    """The engine on the policy's folder, with the verifier, as one Rollouts over all ranks."""
+    return Rollouts(spec.build(policy_dir), Verifier(cfg.verifier), tensor_parallel_size=spec.tensor_parallel_size,
+                    stop_token_ids=model_stop_ids(policy_dir))
+
+
+def run_warm_start(cfg: RunConfig, base_model: Path, run_dir: Path, train_rows: list[dict], tokenizer,
+                   runlog: RunLog, *, resuming: bool) -> tuple[Path, float]:
+    """The folder RL starts from and the warm start's seconds: the supervised warm start (built-in
+    default), done now or found done in the run folder, else the base model itself."""
+    warm_dir = run_dir / "warmstart"
+    if cfg.warmstart_steps == 0:
+        return base_model, 0.0
+    if resuming or (cfg.resume and is_done(warm_dir)):
+        return (warm_dir if is_done(warm_dir) else base_model), 0.0
+    start = time.perf_counter()
+    policy_dir, losses = warm_start(
+        dataclasses.replace(cfg.trainer, model_path=str(base_model)), cfg.warmstart, train_rows, tokenizer, warm_dir,
+        steps=cfg.warmstart_steps, style=cfg.prompt_style, seed=cfg.seed, progress=cfg.log.progress and gdist.rank() == 0)
+    seconds = time.perf_counter() - start
+    runlog.print(f"warm start: {cfg.warmstart_steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, {seconds:.0f} s")
+    return policy_dir, seconds
+
+
+def prepare_run_dir(cfg: RunConfig, rank: int, resuming: bool) -> Path:
+    """The run folder with config.yaml; a fresh run clears the outputs of an earlier one."""
+    run_dir = cfg.run_dir
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            for name in RUN_OUTPUTS:
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    gdist.barrier()
+    return run_dir
+
+
+def prepare_model(cfg: RunConfig, run_dir: Path, rank: int) -> Path:
+    """The base model folder: `model`, or the built-in tiny model written to run_dir/base_model."""
+    if not cfg.builtin_model:
+        return Path(cfg.model)
+    folder = run_dir / "base_model"
+    if rank == 0 and not (folder / "config.json").is_file():
+        build_tiny(folder, seed=cfg.seed, **dataclasses.asdict(cfg.tiny))
+    gdist.barrier()
+    return folder
+
+
+def _set_threads() -> None:
+    """On the CPU, share the cores among the ranks of this node (unless OMP_NUM_THREADS is set)."""
+    if torch.cuda.is_available() or "OMP_NUM_THREADS" in os.environ:
+        return
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+
+
+def _quiet_libraries(rank: int) -> None:
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("DeepSpeed", "deepspeed", "vllm", "torch.distributed", "httpx", "gvm.trainer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # torch's c10d logger repeats this every step of DeepSpeed's ZeRO-3 collectives.
+    warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use `torch\.distributed\.", category=FutureWarning)

@@ -1,0 +1,142 @@
+"""The steps of one training iteration between generating and logging: verified rollouts become
+training samples, training on them (with pi_old and the engine/trainer mismatch weights), the
+pilot's per-prompt gradient scale G_i, and the allocation call with its fallback.
+
+Every function here is collective: every rank calls it with the same arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gvm.algorithms import Algorithm, advantages_with_baseline
+from gvm.allocation import NoEligiblePrompts, allocate, allocate_uniform
+from gvm.engines.mismatch import MismatchConfig, mismatch_weights, pad_logprobs
+from gvm.packing import Sample
+from gvm.rollouts import RolloutBatch
+
+log = logging.getLogger(__name__)
+
+# Keys of a train_step result that the metrics row keeps.
+TRAIN_SUMMARY_KEYS = ("loss", "grad_norm", "lr", "clip_frac", "ratio_mean", "approx_kl", "kl_ref", "num_samples",
+                      "num_tokens", "grad_norms_exact_frac", "time_s")
+
+
+@dataclass
+class TrainData:
+    """The samples of a RolloutBatch that enter training, with what each came from."""
+    samples: list[Sample]
+    completions: list           # the engine's Completion of each (its log-probs)
+    owners: list[int]           # prompt index of each
+    rewards: list[float]        # verifier reward of each
+
+
+def make_samples(batch: RolloutBatch, algorithm: Algorithm, tag: str,
+                 baseline: RolloutBatch | None = None) -> TrainData:
+    """Training samples of a verified RolloutBatch. Advantages per the algorithm, with each
+    prompt's `baseline` rewards (the pilot's) joining its group statistics; only the samples the
+    algorithm selects (RAFT: accepted ones) and that hold at least one token are kept."""
+    data = TrainData([], [], [], [])
+    flat = [(i, j) for i, row in enumerate(batch.completions) for j in range(len(row))]
+    if not flat:
+        return data
+    rewards = np.array([batch.rewards[i][j] for i, j in flat])
+    groups = np.array([i for i, _ in flat])
+    base_rewards = base_groups = None
+    if baseline is not None:
+        base = [(i, r) for i, row in enumerate(baseline.rewards) for r in row]
+        base_rewards, base_groups = np.array([r for _, r in base]), np.array([i for i, _ in base])
+    advantages = advantages_with_baseline(algorithm, rewards, groups, base_rewards, base_groups)
+    for (i, j), reward, advantage, kept in zip(flat, rewards, advantages, algorithm.select(rewards)):
+        completion = batch.completions[i][j]
+        if not kept or not completion.token_ids:
+            continue
+        data.samples.append(Sample(sample_id=f"{tag}/{i}/{j}", prompt_ids=batch.prompts[i].token_ids,
+                                   response_ids=completion.token_ids, advantage=float(advantage)))
+        data.completions.append(completion)
+        data.owners.append(i)
+        data.rewards.append(float(reward))
+    return data
+
+
+def with_old_logprobs(trainer, samples: list[Sample], completions: list,
+                      mismatch: MismatchConfig) -> tuple[list[Sample], dict]:
+    """Samples with the trainer's log-probs as pi_old (computed once, so epochs > 1 keep them) and
+    the engine/trainer mismatch weights folded into per-token advantages (A * w_t; w > 0, so the
+    clipped surrogate scales the same way)."""
+    old = trainer.logprobs(samples)
+    old_padded, mask = pad_logprobs([o.tolist() for o in old])
+    engine_padded, _ = pad_logprobs([c.logprobs for c in completions])
+    weights, metrics = mismatch_weights(old_padded, engine_padded, mask, mismatch)
+    out = []
+    for b, (sample, old_logp) in enumerate(zip(samples, old)):
+        n = len(sample.response_ids)
+        advantage = sample.advantage
+        if mismatch.mode != "none":
+            advantage = (torch.full((n,), float(sample.advantage)) * weights[b, :n]).tolist()
+        out.append(dataclasses.replace(sample, old_logp=old_logp, advantage=advantage))
+    return out, metrics
+
+
+def train_on(trainer, data: TrainData, algorithm: Algorithm, *, epochs: int, mismatch: MismatchConfig,
+             rng_key: list[int]) -> dict:
+    """`epochs` passes of trainer.train_step over the samples (shuffled alike on every rank).
+    Returns the last step's scalars and the per-sample gradient norms of the first pass (the
+    first mini-batch of an iteration has ratio 1: its norms are exact)."""
+    samples = data.samples
+    if not samples:
+        return {"num_samples": 0, "grad_norms": {}}
+    result: dict = {}
+    if algorithm.uses_old_logp:
+        samples, result["mismatch"] = with_old_logprobs(trainer, samples, data.completions, mismatch)
+    rng = np.random.default_rng(rng_key)
+    norms, exact = None, None
+    for _ in range(epochs):
+        metrics = trainer.train_step([samples[i] for i in rng.permutation(len(samples))], algorithm.loss)
+        if norms is None:
+            norms, exact = metrics["grad_norms"], metrics["grad_norms_exact"]
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    result.update(scalars)
+    result["grad_norms"] = norms
+    result["grad_norms_exact_frac"] = float(np.mean(list(exact.values()))) if exact else math.nan
+    return result
+
+
+def train_summary(metrics: dict) -> dict:
+    """The scalars of a `train_on` result that go into the metrics row."""
+    out = {k: metrics[k] for k in TRAIN_SUMMARY_KEYS if k in metrics}
+    if "mismatch" in metrics:
+        out["mismatch_mean_abs_log_ratio"] = metrics["mismatch"]["mismatch/mean_abs_log_ratio"]
+    return out
+
+
+def pilot_grad_norms(trainer, pilot: TrainData, trained_norms: dict, num_prompts: int) -> np.ndarray:
+    """G_i per prompt: mean norm over its accepted pilot samples (NaN where none was accepted).
+    Norms come from the training backward where the sample was trained with a non-zero
+    advantage; the others (not trained on, or advantage 0) from trainer.grad_norms."""
+    accepted = [(s, i) for s, i, r in zip(pilot.samples, pilot.owners, pilot.rewards) if r > 0]
+    norms = {s.sample_id: trained_norms.get(s.sample_id, math.nan) for s, _ in accepted}
+    missing = [s for s, _ in accepted if math.isnan(norms[s.sample_id])]
+    if missing:
+        norms.update(trainer.grad_norms(missing))
+    sums, counts = np.zeros(num_prompts), np.zeros(num_prompts)
+    for s, i in accepted:
+        sums[i] += norms[s.sample_id]
+        counts[i] += 1
+    return np.where(counts > 0, sums / np.maximum(counts, 1), math.nan)
+
+
+def allocate_counts(grad, accept, budget: int, sampler) -> tuple[np.ndarray, str]:
+    """n_i from gvm.allocation.allocate. Only when no prompt can take the budget (all unsolved
+    under zero_accept="skip", or all filtered) does the iteration fall back to an even split, and
+    say so; any other error (a NaN G_i, a bad bound) stops the run."""
+    try:
+        return allocate(grad, accept, budget, **sampler.allocate_kwargs()), "gvm"
+    except NoEligiblePrompts as error:
+        log.warning("allocation fell back to an even split: %s", error)
+        return allocate_uniform(len(accept), budget), "uniform-fallback"
