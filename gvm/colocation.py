@@ -39,9 +39,10 @@ class Colocation:
     def generation(self) -> Iterator[None]:
         if self.trainer.step != self._synced_step or self.engine.needs_weights:
             self.sync()
-        else:
+        elif self.engine.asleep:
             self.engine.wake()
-        self.trainer.offload()
+        if self.trainer.holds_states:
+            self.trainer.offload()
         yield
 
     @contextlib.contextmanager

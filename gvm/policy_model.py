@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from gvm_kernels.fused_logprobs import fused_logprobs
 
@@ -180,8 +181,6 @@ def attn_implementation() -> str:
 
 def load_causal_lm(path: str, dtype: torch.dtype, field: str = "model_path") -> nn.Module:
     """The HF causal LM from `path` in `dtype`, on the CPU (DeepSpeed moves and shards it)."""
-    from transformers import AutoModelForCausalLM
-
     check_model_path(path, field)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation())
     if not hasattr(model, "model") or not hasattr(model, "lm_head") or not hasattr(model.model, "embed_tokens"):

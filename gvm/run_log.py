@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from matplotlib.figure import Figure
+from tqdm import tqdm
 
 # Acceptance-rate histogram bins of the table: p = 0, (0, .25], (.25, .5], (.5, .75], (.75, 1), p = 1.
 HIST_LABELS = ("0", "<.25", "<.5", "<.75", "<1", "1")
@@ -136,8 +138,6 @@ class RunLog:
 
     def print(self, text: str) -> None:
         if self.enabled:
-            from tqdm import tqdm
-
             tqdm.write(text)
 
     def table_row(self, row: dict, phases: list[str]) -> None:
@@ -172,12 +172,8 @@ def plot_accuracy(curves: dict[str, list[tuple[float, float, float]]], path: Pat
                   target: float | None = None) -> Path:
     """Held-out accuracy against generated samples (left) and wall-clock seconds (right), one line
     per curve of (samples, seconds, accuracy) points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))   # no pyplot: no global backend, no window, nothing to close
+    axes = fig.subplots(1, 2)
     for label, points in curves.items():
         samples, seconds, accuracy = zip(*points)
         axes[0].plot(samples, accuracy, marker="o", markersize=3, label=label)
@@ -193,7 +189,6 @@ def plot_accuracy(curves: dict[str, list[tuple[float, float, float]]], path: Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -109,8 +109,12 @@ def start_run(cfg: RunConfig) -> Run:
 
 
 def build_rollouts(spec: EngineSpec, policy_dir: Path, cfg: RunConfig) -> Rollouts:
-    """The engine on the policy's folder, with the verifier, as one Rollouts over all ranks."""
-    return Rollouts(spec.build(policy_dir), Verifier(cfg.verifier), tensor_parallel_size=spec.tensor_parallel_size,
+    """The engine on the policy's folder, with the verifier (its workers started now, so the first
+    iteration does not pay their imports), as one Rollouts over all ranks."""
+    verifier = Verifier(cfg.verifier).start()
+    log.info("verifier: %d worker process(es) on rank %d, pids %s", cfg.verifier.num_workers, gdist.rank(),
+             verifier.worker_pids())
+    return Rollouts(spec.build(policy_dir), verifier, tensor_parallel_size=spec.tensor_parallel_size,
                     stop_token_ids=model_stop_ids(policy_dir))
 
 

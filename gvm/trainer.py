@@ -107,7 +107,8 @@ class PolicyTrainer:
     """RAFT / RAFT++ / GRPO trainer over a DeepSpeed engine (see the module docstring).
 
     Public API: train_step, logprobs, ref_logprobs, grad_norms, save_hf, save_checkpoint,
-    load_checkpoint, named_weights, offload, reload. Every rank must call each method with the
+    load_checkpoint, full_gradients, offload, reload (weights go to an engine through
+    gvm.engines.weight_sync). Every rank must call each method with the
     same arguments (the full list of samples): the trainer splits the work over ranks itself.
     """
 
@@ -514,18 +515,6 @@ class PolicyTrainer:
             if grad is not None:
                 grads[name] = grad.detach().float().cpu().clone()
         return grads
-
-    def named_weights(self):
-        """Yield (HF name, full tensor) per parameter, gathered one at a time under ZeRO-3 (for
-        pushing weights into vLLM). A tied head yields only model.embed_tokens.weight. Collective:
-        every rank must consume the generator fully."""
-        import deepspeed
-
-        self.reload()  # the states must be on the device
-        for name, param in self.engine.module.named_parameters():
-            with deepspeed.zero.GatheredParameters([param], enabled=self.config.zero_stage == 3):
-                tensor = param.detach().clone()
-            yield name, tensor
 
     def save_checkpoint(self, directory: str | Path) -> Path:
         """DeepSpeed checkpoint (weights, AdamW state, LR schedule) plus the step counter, the

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from typing import Sequence
 
+log = logging.getLogger(__name__)
+
 Gold = str | int | float | Sequence[str]
 
 # ----------------------------------------------------------------------------------------------
@@ -533,6 +535,9 @@ class Verifier:
 
     def close(self) -> None:
         """Stop the workers. The verifier can be used again: it restarts them on demand."""
+        busy = self.busy_worker_pids()
+        if busy:
+            log.warning("verifier closed while workers %s were scoring (an interrupted score call)", busy)
         workers, self._workers = self._workers, []
         for w in workers:
             w.stop()

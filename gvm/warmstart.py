@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from gvm import distributed as gdist
 from gvm.config_build import require
@@ -121,6 +122,4 @@ def warm_start(trainer_config: TrainerConfig, settings: WarmStartConfig, rows: l
 def _progress(total: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, desc="warm start", unit="step", dynamic_ncols=True)

@@ -13,6 +13,7 @@ import torch
 
 from gvm import distributed as gdist
 from gvm.packing import Sample
+from gvm.engines.weight_sync import iter_gathered_weights
 from gvm.trainer import PolicyTrainer, TrainerConfig
 
 
@@ -42,7 +43,7 @@ def run_scenario(model_dir: str, samples_file: Path, out_dir: Path) -> None:
                       "exact": sorted(metrics["grad_norms_exact"].items())})
     results["steps"] = steps
     results["grad_norms"] = sorted(trainer.grad_norms(samples).items())
-    weights = dict(trainer.named_weights())
+    weights = {name: tensor.clone() for name, tensor in iter_gathered_weights(trainer.engine.module)}
     trainer.save_hf(out_dir / "hf")
     if gdist.rank() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from _trainer_reference import (loss_and_grads, per_sample_norms, plain_model, r
 
 from gvm.ds_config import use_torch_adam
 from gvm.toy import build_tiny
+from gvm.engines.weight_sync import iter_gathered_weights
 from gvm.trainer import PolicyTrainer, Sample, TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def trainer(tiny_dir):
 
 
 def current_weights(trainer: PolicyTrainer) -> dict[str, torch.Tensor]:
-    return dict(trainer.named_weights())
+    return {name: tensor.clone() for name, tensor in iter_gathered_weights(trainer.engine.module)}
 
 
 def set_loss_options(trainer: PolicyTrainer, **changes) -> None:
