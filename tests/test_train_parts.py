@@ -154,6 +154,14 @@ def test_allocation_is_gvm_and_falls_back_evenly_when_nobody_can_take_it(rng):
     assert how == "gvm" and np.array_equal(counts, allocate(g, p, 100, **sampler.allocate_kwargs()))
     counts, how = allocate_counts(np.zeros(8), np.zeros(8), 100, sampler)   # all unsolved, "skip"
     assert how == "uniform-fallback" and counts.sum() == 100 and counts.max() - counts.min() <= 1
+    capped = SamplerConfig(max_per_prompt=5, zero_accept="skip")           # 2 solved prompts hold 10 < 100
+    counts, how = allocate_counts(g, np.where(np.arange(8) < 2, p, 0.0), 100, capped)
+    assert how == "uniform-fallback" and counts.sum() == 100
+    # Anything else is a bad input, not a reason to fall back: it stops the run.
+    with pytest.raises(ValueError, match="grad_norms must be finite"):
+        allocate_counts(np.where(np.arange(8) == 3, np.nan, g), p, 100, sampler)
+    with pytest.raises(ValueError, match="accept_rates must lie in"):
+        allocate_counts(g, p + 1.5, 100, sampler)
 
 
 def test_histogram_bins_and_table_columns(rng):
