@@ -1,26 +1,34 @@
-"""Convergence at equal generation budget: RAFT++ vs GVM-RAFT++ and GRPO vs GVM-GRPO on the
-built-in arithmetic task, over seeds.
+"""Generated samples to reach an accuracy: uniform sampling, DAPO's dynamic sampling, GVM as in the
+paper and ours (the adaptive sampler), for RAFT++ and GRPO, over paired seeds.
 
-    python benchmarks/bench_convergence.py                     # full size (hours on 2 CPU cores)
-    python benchmarks/bench_convergence.py --iterations 8 --seeds 0 --methods raft++,gvm-raft++
+    python benchmarks/bench_convergence.py                                  # the full grid (hours on a CPU)
+    python benchmarks/bench_convergence.py --algorithms grpo --methods uniform,ours --seeds 0 1
 
-One supervised warm start is shared by every run (runs/<root>/warmstart); each method then runs
-`gvm/train.py` in a subprocess from that model with the same prompts per iteration and the same
-samples per iteration: uniform methods draw n per prompt; GVM methods draw a pilot of N' per
-prompt and share (n - N') * prompts by allocation, so both generate n * prompts samples per
-iteration and every count below includes the pilot. Seeds change the data order and sampling.
+One supervised warm start is shared by every run; each run is `gvm/train.py` in a subprocess from
+that model. Paired: every method of a seed sees the same prompt order, the same held-out set (a
+large one, so that one evaluation's standard error is small) and the same training set (a small
+one, so prompts come back: several epochs in a run), and makes the same number of optimizer steps
+per iteration (one train_step on whatever it collected). What differs is how many samples each
+method generates per iteration and where they go:
 
-Reported per method (median over seeds): generated samples and wall-clock seconds of RL (without
-evaluation) until the held-out accuracy first reaches the target, and the final accuracy. The
-target defaults to the uniform RAFT++ baseline's median final accuracy, so "samples to target"
-of GVM-RAFT++ against RAFT++ is the speed-up at equal accuracy. Results: a table on stdout and in
-benchmarks/results/bench_convergence.md, rows through benchmarks/harness.py (results.csv and
-bench_convergence.json), and a plot (bench_convergence.png).
+    uniform    n per prompt                      uniform2x  2n per prompt: half the variance per step
+    dapo       n per drawn prompt, groups without gradient dropped, prompts drawn until the batch is full
+    gvm        the paper: a pilot of N' per prompt thrown away, (n - N') per prompt allocated, unsolved skipped
+    ours       sampler.kind=adaptive with `--ours-budget` x n samples per prompt in all, pilot included
+
+Reported per algorithm: the target is each seed's uniform run's final accuracy (the mean of its
+last two evaluations); per run, the generated samples (and seconds) at which a monotone fit of its
+held-out curve reaches that target (benchmarks/curves.py); the paired ratio uniform / method per
+seed, its median and a bootstrap 95 % interval over seeds; final accuracies; the mean fraction of
+generated samples that carried gradient and the mean R_pred. uniform2x against uniform at equal
+iterations says whether variance limits progress here at all. Results: a table on stdout,
+benchmarks/results/bench_convergence<tag>.{md,json,png}, and rows of results.csv.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -28,45 +36,58 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS_DIR, append_results, machine_name, print_table  # noqa: E402
+from curves import bootstrap_median, cost_to_reach, mean_and_se, paired_ratios  # noqa: E402
+from harness import RESULTS_DIR, append_results, machine_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = REPO / "gvm" / "train.py"
 sys.path.insert(0, str(REPO))
-from gvm.run_log import plot_accuracy  # noqa: E402
-
-METHODS = {  # name -> (algorithm, sampler)
-    "raft++": ("raft++", "uniform"),
-    "gvm-raft++": ("raft++", "gvm"),
-    "grpo": ("grpo", "uniform"),
-    "gvm-grpo": ("grpo", "gvm"),
-}
-BASELINE_OF = {"gvm-raft++": "raft++", "gvm-grpo": "grpo"}
+from gvm.algorithms import ALGORITHMS  # noqa: E402
+TRAIN = REPO / "gvm" / "train.py"
+METHODS = ("uniform", "uniform2x", "dapo", "gvm", "ours")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algorithms", default="raft++,grpo", help="from gvm.algorithms: " + ", ".join(ALGORITHMS))
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from " + ", ".join(METHODS))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--iterations", type=int, default=30)
-    p.add_argument("--prompts", type=int, default=32, help="prompts per iteration")
-    p.add_argument("--per-prompt", type=int, default=8, help="samples per prompt per iteration (n)")
-    p.add_argument("--pilot", type=int, default=4, help="GVM's pilot samples per prompt (N' < n)")
-    p.add_argument("--eval-every", type=int, default=2)
+    p.add_argument("--prompts", type=int, default=16, help="prompts per iteration (dapo: groups per training batch)")
+    p.add_argument("--per-prompt", type=int, default=8, help="n: uniform's samples per prompt per iteration")
+    p.add_argument("--pilot", type=int, default=2, help="N': pilot samples per prompt (gvm, ours)")
+    p.add_argument("--ours-budget", type=float, default=1.0, help="ours' samples per iteration, x n x prompts")
+    p.add_argument("--lr", type=float, default=2e-4, help="trainer.lr of every RL run")
+    p.add_argument("--train-size", type=int, default=160, help="task.num_train of the RL runs (prompts come back)")
+    p.add_argument("--eval-size", type=int, default=8000, help="task.num_eval: the held-out problems")
+    p.add_argument("--eval-k", type=int, default=2)
+    p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--warmstart-steps", type=int, default=600)
-    p.add_argument("--lr", type=float, default=3e-4, help="RL learning rate (trainer.lr)")
-    p.add_argument("--target", type=float, default=None,
-                   help="held-out accuracy to reach; default: the median final accuracy of RAFT++")
     p.add_argument("--ranks", type=int, default=1, help="processes per run (torchrun when > 1)")
     p.add_argument("--root", default=str(REPO / "runs" / "bench_convergence"))
+    p.add_argument("--tag", default="", help="suffix of the result files (bench_convergence<tag>.md)")
     p.add_argument("--extra", nargs="*", default=[], help="more key=value overrides for every run")
     args = p.parse_args(argv)
-    unknown = set(args.methods.split(",")) - set(METHODS)
-    if unknown:
-        p.error(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
+    for name, allowed in (("methods", METHODS), ("algorithms", ALGORITHMS)):
+        unknown = set(getattr(args, name).split(",")) - set(allowed)
+        if unknown:
+            p.error(f"unknown {name} {sorted(unknown)}; choose from {list(allowed)}")
     if not 1 <= args.pilot < args.per_prompt:
         p.error(f"--pilot must lie in [1, --per-prompt), got {args.pilot} and {args.per_prompt}")
     return args
+
+
+def method_overrides(args, method: str) -> list[str]:
+    """The sampler settings of a method (the rest is common to all)."""
+    n, m = args.per_prompt, args.prompts
+    return {
+        "uniform": ["sampler.kind=uniform", f"sampler.n_per_prompt={n}"],
+        "uniform2x": ["sampler.kind=uniform", f"sampler.n_per_prompt={2 * n}"],
+        "dapo": ["sampler.kind=dapo", f"sampler.n_per_prompt={n}"],
+        "gvm": ["sampler.kind=gvm", f"sampler.pilot_n={args.pilot}", f"sampler.budget={(n - args.pilot) * m}",
+                "sampler.reuse_pilot_samples=false", "sampler.zero_accept=skip", "sampler.max_per_prompt=null"],
+        "ours": ["sampler.kind=adaptive", f"sampler.pilot_n={args.pilot}",
+                 f"sampler.budget={max(1, round(args.ours_budget * n * m))}"],
+    }[method]
 
 
 def _command(args, overrides: list[str]) -> list[str]:
@@ -76,7 +97,8 @@ def _command(args, overrides: list[str]) -> list[str]:
     return [sys.executable, str(TRAIN), *overrides]
 
 
-def _run(args, name: str, overrides: list[str]) -> Path:
+def run(args, name: str, overrides: list[str]) -> Path:
+    """One training run (skipped when its summary exists: the benchmark resumes where it stopped)."""
     run_dir = Path(args.root) / name
     if (run_dir / "summary.json").is_file():
         print(f"  {name}: done before, reusing {run_dir}", flush=True)
@@ -86,129 +108,158 @@ def _run(args, name: str, overrides: list[str]) -> Path:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
         proc = subprocess.run(_command(args, [f"run_root={args.root}", f"name={name}", "log.progress=false",
-                                              *overrides, *args.extra]), stdout=log, stderr=subprocess.STDOUT)
+                                              *overrides, *args.extra]),
+                              stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed (exit {proc.returncode}); see {log_path}")
     print(f"  {name}: {time.perf_counter() - start:.0f} s", flush=True)
     return run_dir
 
 
-def warm_start(args) -> Path:
-    """One warm start shared by every method and seed (the same starting policy for all)."""
-    run_dir = _run(args, "warmstart", ["iterations=0", f"warmstart.steps={args.warmstart_steps}"])
-    return run_dir / "final"
+def rows_of(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def method_overrides(args, method: str, model: Path, seed: int) -> list[str]:
-    algorithm, sampler = METHODS[method]
-    common = [f"model={model}", f"seed={seed}", f"algorithm={algorithm}", f"sampler.kind={sampler}",
-              f"iterations={args.iterations}", f"eval.every={args.eval_every}", f"trainer.lr={args.lr}",
-              f"data.prompts_per_iteration={args.prompts}", "checkpoint_every=0"]
-    if sampler == "uniform":
-        # Two optimizer steps per iteration, as GVM with pilot reuse takes (pilot step + stage-2 step).
-        return [*common, f"sampler.n_per_prompt={args.per_prompt}", "trainer.optimizer_steps_per_call=2"]
-    return [*common, f"sampler.pilot_n={args.pilot}", f"sampler.budget={(args.per_prompt - args.pilot) * args.prompts}"]
+def curve(rows: list[dict]) -> list[tuple[int, float, float, int]]:
+    """(samples generated, RL seconds, held-out accuracy, iteration) at every evaluation."""
+    return [(r["samples_generated"], r["seconds"], r["eval"]["accuracy"], r["iteration"]) for r in rows if r.get("eval")]
 
 
-def curve(run_dir: Path) -> list[tuple[int, float, float]]:
-    """(samples generated, RL seconds, held-out accuracy) at every evaluation, from metrics.jsonl."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [(r["samples_generated"], r["seconds"], r["eval"]["accuracy"]) for r in rows if r.get("eval")]
+def summarise(args, curves: dict, rows: dict) -> dict:
+    """Per algorithm and method: paired ratios to uniform, finals, useful fractions, R_pred."""
+    out = {}
+    for algorithm, by_method in curves.items():
+        base = by_method.get("uniform", {})
+        targets = {s: statistics.mean(a for _, _, a, _ in c[-2:]) for s, c in base.items()}
+        reach = {}
+        for method, by_seed in by_method.items():
+            reach[method] = {}
+            for seed, c in by_seed.items():
+                samples = cost_to_reach([x[0] for x in c], [x[2] for x in c], targets.get(seed, math.inf))
+                seconds = cost_to_reach([x[1] for x in c], [x[2] for x in c], targets.get(seed, math.inf))
+                reach[method][seed] = {"samples": samples, "seconds": seconds, "total_samples": c[-1][0],
+                                       "total_seconds": c[-1][1]}
+        result = {}
+        for method, by_seed in by_method.items():
+            ratio_samples = paired_ratios({s: r["samples"] for s, r in reach["uniform"].items()},
+                                          {s: (r["samples"], r["total_samples"]) for s, r in reach[method].items()})
+            ratio_seconds = paired_ratios({s: r["seconds"] for s, r in reach["uniform"].items()},
+                                          {s: (r["seconds"], r["total_seconds"]) for s, r in reach[method].items()})
+            finals = [statistics.mean(a for _, _, a, _ in c[-2:]) for c in by_seed.values()]
+            method_rows = [r for seed in by_seed for r in rows[algorithm][method][seed] if r["iteration"] > 0]
+            useful = [r["useful_fraction"] for r in method_rows if r.get("useful_fraction") is not None]
+            ratio_pred = [r["R_pred"] for r in method_rows if r.get("R_pred") is not None and math.isfinite(r["R_pred"])]
+            result[method] = {
+                "ratio_samples": bootstrap_median(list(ratio_samples.values())), "per_seed_samples": ratio_samples,
+                "ratio_seconds": bootstrap_median(list(ratio_seconds.values())), "per_seed_seconds": ratio_seconds,
+                "reached": sum(r["samples"] is not None for r in reach[method].values()), "runs": len(by_seed),
+                "final": mean_and_se(finals), "finals": finals,
+                "samples_per_iteration": statistics.mean(r["samples"] for r in method_rows),
+                "useful_fraction": statistics.mean(useful) if useful else math.nan,
+                "R_pred": statistics.mean(ratio_pred) if ratio_pred else math.nan,
+                "reach": reach[method],
+            }
+        out[algorithm] = {"targets": targets, "methods": result, "per_step": per_step_gain(by_method)}
+    return out
 
 
-def to_target(points: list[tuple[int, float, float]], target: float) -> tuple[float | None, float | None]:
-    """Samples and seconds at the first evaluation whose accuracy reaches `target` (None: never)."""
-    for samples, seconds, accuracy in points:
-        if accuracy >= target - 1e-12:
-            return float(samples), float(seconds)
-    return None, None
+def per_step_gain(by_method: dict) -> dict | None:
+    """uniform2x minus uniform at equal iterations (mean over evaluations after the start, per seed):
+    whether halving the variance per step speeds a step."""
+    if "uniform2x" not in by_method or "uniform" not in by_method:
+        return None
+    gains = []
+    for seed, c in by_method["uniform"].items():
+        other = {it: a for _, _, a, it in by_method["uniform2x"].get(seed, [])}
+        diffs = [other[it] - a for _, _, a, it in c if it > 0 and it in other]
+        if diffs:
+            gains.append(statistics.mean(diffs))
+    return {"per_seed": gains, "mean_se": mean_and_se(gains)}
 
 
-def _median(values: list[float | None]) -> float | None:
-    """Median where runs that never reached the target count as +inf (None if most never did)."""
-    finite = sorted(v if v is not None else float("inf") for v in values)
-    m = statistics.median(finite) if finite else float("inf")
-    return None if m == float("inf") else m
+def report(args, summary: dict) -> list[str]:
+    lines = []
+    for algorithm, s in summary.items():
+        lines += [f"### {algorithm}", "",
+                  "| method | samples / it | samples to target: ratio to uniform (median, 95% CI) | seconds: ratio | "
+                  "reached | final acc (mean +- se) | useful fraction | R_pred |", "|---|---|---|---|---|---|---|---|"]
+        for method, r in s["methods"].items():
+            med, lo, hi = r["ratio_samples"]
+            smed, slo, shi = r["ratio_seconds"]
+            fin, se = r["final"]
+            lines.append(f"| {method} | {r['samples_per_iteration']:.0f} | {med:.2f}x ({lo:.2f}-{hi:.2f}) | "
+                         f"{smed:.2f}x ({slo:.2f}-{shi:.2f}) | {r['reached']}/{r['runs']} | {fin:.3f} +- {se:.3f} | "
+                         f"{r['useful_fraction']:.2f} | {r['R_pred']:.2f} |")
+        if s["per_step"]:
+            mean, se = s["per_step"]["mean_se"]
+            lines += ["", f"uniform2x - uniform at equal iterations: {mean:+.4f} +- {se:.4f} held-out accuracy "
+                          f"(per seed: {', '.join(f'{g:+.3f}' for g in s['per_step']['per_seed'])})"]
+        lines.append("")
+    return lines
+
+
+def plot(summary_curves: dict, path: Path) -> None:
+    """Held-out accuracy against generated samples: the median over seeds per method, min-max band."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6 * len(summary_curves), 4))
+    axes = fig.subplots(1, len(summary_curves), squeeze=False)[0]
+    for ax, (algorithm, by_method) in zip(axes, summary_curves.items()):
+        for method, by_seed in by_method.items():
+            runs = list(by_seed.values())
+            length = min(len(c) for c in runs)
+            samples = [statistics.median(c[i][0] for c in runs) for i in range(length)]
+            accs = [[c[i][2] for c in runs] for i in range(length)]
+            line = ax.plot(samples, [statistics.median(a) for a in accs], marker="o", markersize=3, label=method)[0]
+            ax.fill_between(samples, [min(a) for a in accs], [max(a) for a in accs], alpha=0.15,
+                            color=line.get_color())
+        ax.set_title(algorithm)
+        ax.set_xlabel("generated samples (pilot and dropped groups included)")
+        ax.set_ylabel("held-out accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    methods = args.methods.split(",")
-    print(f"# convergence benchmark on {machine_name()}: {methods}, seeds {args.seeds}, {args.iterations} iterations "
-          f"x {args.prompts} prompts x {args.per_prompt} samples (GVM pilot {args.pilot})", flush=True)
-    model = warm_start(args)
-    curves: dict[str, dict[int, list]] = {m: {} for m in methods}
+    algorithms, methods = args.algorithms.split(","), args.methods.split(",")
+    print(f"# convergence benchmark on {machine_name()}: {algorithms} x {methods}, seeds {args.seeds}, "
+          f"{args.iterations} iterations x {args.prompts} prompts x {args.per_prompt} samples", flush=True)
+    task = [f"task.num_eval={args.eval_size}", f"eval.k={args.eval_k}", "log.tensorboard=false", "log.plot=false"]
+    warm = run(args, "warmstart", [*task, "iterations=0", f"warmstart.steps={args.warmstart_steps}"]) / "final"
+    common = [f"model={warm}", *task, f"task.num_train={args.train_size}", f"iterations={args.iterations}",
+              f"eval.every={args.eval_every}", f"trainer.lr={args.lr}", f"data.prompts_per_iteration={args.prompts}",
+              "checkpoint_every=0"]
+    curves: dict = {a: {m: {} for m in methods} for a in algorithms}
+    rows: dict = {a: {m: {} for m in methods} for a in algorithms}
     for seed in args.seeds:
-        for method in methods:
-            run_dir = _run(args, f"{method}-seed{seed}", method_overrides(args, method, model, seed))
-            curves[method][seed] = curve(run_dir)
-
-    finals = {m: [c[-1][2] for c in curves[m].values()] for m in methods}
-    target = args.target
-    if target is None:
-        base = "raft++" if "raft++" in methods else methods[0]
-        target = statistics.median(finals[base])
-    start_accuracy = statistics.median(c[0][2] for m in methods for c in curves[m].values())
-    results, rows = {}, []
-    for m in methods:
-        reach = [to_target(c, target) for c in curves[m].values()]
-        samples, seconds = _median([r[0] for r in reach]), _median([r[1] for r in reach])
-        results[m] = {"samples_to_target": samples, "seconds_to_target": seconds,
-                      "final_accuracy": statistics.median(finals[m]), "final_accuracies": finals[m],
-                      "reached": sum(r[0] is not None for r in reach), "runs": len(reach),
-                      "total_samples": statistics.median(c[-1][0] for c in curves[m].values()),
-                      "total_seconds": statistics.median(c[-1][1] for c in curves[m].values())}
-        case = f"{m}@it{args.iterations}xP{args.prompts}xn{args.per_prompt}"
-        rows += [{"case": case, "metric": "final_accuracy", "value": results[m]["final_accuracy"], "unit": "acc"},
-                 {"case": case, "metric": "samples_to_target", "value": samples, "unit": "samples"},
-                 {"case": case, "metric": "seconds_to_target", "value": seconds, "unit": "s"}]
-    for m, base in BASELINE_OF.items():
-        if m in results and base in results:
-            a, b = results[base]["samples_to_target"], results[m]["samples_to_target"]
-            results[m]["sample_speedup_vs_" + base] = (a / b) if a and b else None
-            a, b = results[base]["seconds_to_target"], results[m]["seconds_to_target"]
-            results[m]["time_speedup_vs_" + base] = (a / b) if a and b else None
-
-    headers = ["method", "final acc (median)", "finals", f"samples to {target:.3f}", f"seconds to {target:.3f}",
-               "reached", "speed-up (samples)"]
-    table = []
-    for m in methods:
-        r = results[m]
-        speed = next((v for k, v in r.items() if k.startswith("sample_speedup")), None)
-        table.append([m, f"{r['final_accuracy']:.3f}", " ".join(f"{x:.3f}" for x in r["final_accuracies"]),
-                      f"{r['samples_to_target']:.0f}" if r["samples_to_target"] else "never",
-                      f"{r['seconds_to_target']:.0f}" if r["seconds_to_target"] else "never",
-                      f"{r['reached']}/{r['runs']}", f"{speed:.2f}x" if speed else "-"])
-    print(f"\nheld-out accuracy at the start (warm start): {start_accuracy:.3f}; target {target:.3f}")
-    print_table(headers, table)
-    seed_headers = ["method", "seed", "final acc", f"samples to {target:.3f}", f"seconds to {target:.3f}",
-                    "samples", "seconds"]
-    seed_table = []
-    for m in methods:
-        for seed, c in curves[m].items():
-            samples, seconds = to_target(c, target)
-            seed_table.append([m, str(seed), f"{c[-1][2]:.3f}", f"{samples:.0f}" if samples else "never",
-                               f"{seconds:.0f}" if seconds else "never", f"{c[-1][0]}", f"{c[-1][1]:.0f}"])
-    print_table(seed_headers, seed_table)
-
+        for algorithm in algorithms:
+            for method in methods:
+                run_dir = run(args, f"{algorithm}-{method}-seed{seed}",
+                              [*common, f"seed={seed}", f"algorithm={algorithm}", *method_overrides(args, method)])
+                rows[algorithm][method][seed] = rows_of(run_dir)
+                curves[algorithm][method][seed] = curve(rows[algorithm][method][seed])
+    summary = summarise(args, curves, rows)
+    lines = report(args, summary)
+    print("\n".join(lines))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    def markdown(heads: list[str], body: list[list[str]]) -> list[str]:
-        return ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)] + ["| " + " | ".join(r) + " |" for r in body]
-
-    md = markdown(headers, table) + ["", "Per seed (samples and RL seconds at the end of the run in the last two columns):",
-                                     ""] + markdown(seed_headers, seed_table)
-    (RESULTS_DIR / "bench_convergence.md").write_text(
-        f"Machine: {machine_name()}. Seeds {args.seeds}; {args.iterations} iterations x {args.prompts} prompts x "
-        f"{args.per_prompt} samples per prompt (GVM: pilot {args.pilot} + allocated {args.per_prompt - args.pilot} "
-        f"per prompt on average); start accuracy {start_accuracy:.3f}; target {target:.3f}.\n\n" + "\n".join(md) + "\n")
-    append_results("bench_convergence", rows + [{"case": "settings", "metric": k, "value": v, "unit": ""}
-                                                for k, v in vars(args).items() if k != "extra"])
-    (RESULTS_DIR / "bench_convergence_curves.json").write_text(json.dumps(
-        {"target": target, "results": results, "curves": {m: {str(s): c for s, c in cs.items()}
-                                                          for m, cs in curves.items()}}, indent=1))
-    plot_accuracy({f"{m} seed {s}": c for m in methods for s, c in curves[m].items()},
-                  RESULTS_DIR / "bench_convergence.png", target=target)
-    return results
+    header = (f"Machine: {machine_name()}. `python benchmarks/bench_convergence.py {' '.join(sys.argv[1:])}`. "
+              f"Seeds {args.seeds}; {args.iterations} iterations x {args.prompts} prompts, n = {args.per_prompt}, "
+              f"pilot {args.pilot}, lr {args.lr}, {args.train_size} training prompts, {args.eval_size} held-out "
+              f"(avg@{args.eval_k}), evaluated every {args.eval_every} iterations.\n\n")
+    (RESULTS_DIR / f"bench_convergence{args.tag}.md").write_text(header + "\n".join(lines) + "\n")
+    (RESULTS_DIR / f"bench_convergence{args.tag}.json").write_text(json.dumps(
+        {"args": vars(args), "summary": summary, "curves": curves}, indent=1, default=str))
+    plot(curves, RESULTS_DIR / f"bench_convergence{args.tag}.png")
+    append_results("bench_convergence", [
+        {"case": f"{a}/{m}{args.tag}", "metric": metric, "value": value, "unit": unit}
+        for a, s in summary.items() for m, r in s["methods"].items()
+        for metric, value, unit in (("samples_ratio_median", r["ratio_samples"][0], "x"),
+                                    ("final_accuracy_mean", r["final"][0], "acc"),
+                                    ("useful_fraction", r["useful_fraction"], ""))], json_name=f"bench_convergence{args.tag}_rows.json")
+    return summary
 
 
 if __name__ == "__main__":

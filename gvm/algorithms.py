@@ -34,11 +34,27 @@ class Algorithm:
     advantages: AdvantageFn
     accepted_only: bool          # train on accepted samples only (RAFT's rejection sampling)
     uses_old_logp: bool          # the loss has an importance ratio: old log-probs are needed
+    objective: str               # the allocation objective of its estimator (gvm.allocation.OBJECTIVES)
 
     def select(self, rewards: np.ndarray) -> np.ndarray:
         """Boolean mask [S] of the samples that enter training."""
         rewards = np.asarray(rewards, dtype=np.float64)
         return rewards > 0 if self.accepted_only else np.ones(rewards.shape, dtype=bool)
+
+    @property
+    def needs_both_outcomes(self) -> bool:
+        """A prompt's samples carry gradient only when their rewards differ (group baselines)."""
+        return self.objective == "grpo"
+
+    def group_carries_gradient(self, rewards) -> bool:
+        """Whether one prompt's samples give any gradient: RAFT, an accepted one; GRPO, rewards that
+        differ (equal rewards give every sample advantage 0)."""
+        rewards = np.asarray(rewards, dtype=np.float64)
+        if rewards.size == 0:
+            return False
+        if self.needs_both_outcomes:
+            return bool(rewards.max() > rewards.min())
+        return bool((rewards > 0).any())
 
 
 def _reward_as_advantage(rewards: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
@@ -63,9 +79,12 @@ def register(algorithm: Algorithm) -> Algorithm:
     return algorithm
 
 
-register(Algorithm("raft", loss="raft", advantages=_reward_as_advantage, accepted_only=True, uses_old_logp=False))
-register(Algorithm("raft++", loss="raft++", advantages=_reward_as_advantage, accepted_only=True, uses_old_logp=True))
-register(Algorithm("grpo", loss="grpo", advantages=_group_normalised, accepted_only=False, uses_old_logp=True))
+register(Algorithm("raft", loss="raft", advantages=_reward_as_advantage, accepted_only=True, uses_old_logp=False,
+                   objective="raft"))
+register(Algorithm("raft++", loss="raft++", advantages=_reward_as_advantage, accepted_only=True, uses_old_logp=True,
+                   objective="raft"))
+register(Algorithm("grpo", loss="grpo", advantages=_group_normalised, accepted_only=False, uses_old_logp=True,
+                   objective="grpo"))
 
 
 def get_algorithm(name: str) -> Algorithm:

@@ -55,6 +55,7 @@ import warnings
 import numpy as np
 
 ZERO_ACCEPT_MODES = ("skip", "explore")
+OBJECTIVES = ("raft", "grpo")
 
 
 class NoEligiblePrompts(ValueError):
@@ -260,11 +261,18 @@ def allocate(
     zero_accept: str = "skip",
     explore_per_prompt: int = 1,
     explore_fraction: float = 0.1,
+    objective: str = "raft",
+    held=None,
 ) -> np.ndarray:
-    """Samples per prompt, (n,) int64, summing exactly to `budget` (see the module docstring).
+    """New samples per prompt, (n,) int64, summing exactly to `budget` (see the module docstring).
 
-    grad_norms: G_i >= 0 (mean gradient norm over the prompt's accepted pilot samples).
+    grad_norms: G_i >= 0 (mean gradient norm over the prompt's accepted pilot samples; for
+    objective="grpo", over all its samples).
     accept_rates: p_i in [0, 1] (accepted / pilot samples).
+    objective: "raft" (the paper's, RAFT_OBJECTIVE) or "grpo" (GRPO_OBJECTIVE: prompts whose
+    rewards cannot differ, p_i = 0 or 1, take the role that unsolved prompts have for "raft").
+    held: samples each prompt already has that join its estimate (a reused pilot, earlier rounds);
+    the objective is minimised over held + new, the floor and cap bound the new samples.
     Raises NoEligiblePrompts when no prompt is left to receive a positive budget or the prompts
     left are all capped below it, and ValueError for bad arguments (NaN or negative G_i, p_i
     outside [0, 1], a floor above the budget).
@@ -280,11 +288,16 @@ def allocate(
     insufficient = _check_real(filter_insufficient, "filter_insufficient", 0.0, allow_none=True)
     if zero_accept not in ZERO_ACCEPT_MODES:
         raise ValueError(f"zero_accept must be one of {ZERO_ACCEPT_MODES}, got {zero_accept!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     explore_per_prompt = _check_int(explore_per_prompt, "explore_per_prompt")
     explore_fraction = _check_real(explore_fraction, "explore_fraction", 0.0, 1.0)
+    held = _check_held(held, rate.size)
 
-    unsolved = rate == 0  # never above filter_threshold, which is >= 0
-    too_easy = rate > threshold if threshold is not None else np.zeros_like(unsolved)
+    # "Unsolved": the prompts the objective gives no weight whatever their G (RAFT: p = 0;
+    # GRPO: p = 0 or 1, whose rewards cannot differ). Never above filter_threshold, which is >= 0.
+    unsolved = (rate == 0) | ((rate == 1) if objective == "grpo" else False)
+    too_easy = (rate > threshold) & ~unsolved if threshold is not None else np.zeros_like(unsolved)
     solved = ~unsolved & ~too_easy
     exploring = unsolved if zero_accept == "explore" else np.zeros_like(unsolved)
     upper_bound = math.inf if cap is None else float(cap)
@@ -297,7 +310,7 @@ def allocate(
     )
     # Scale G into [0, 1] first so no weight overflows; the allocation does not depend on the scale.
     grad_scale = grad.max() if grad.size and grad.max() > 0 else 1.0
-    weights = np.where(exploring, 0.0, _weights(grad / grad_scale, rate, alpha, beta))
+    weights = np.where(exploring, 0.0, _objective_weights(objective, grad / grad_scale, rate, alpha, beta))
 
     dropped_weak = np.zeros_like(unsolved)
     while True:
@@ -307,23 +320,88 @@ def allocate(
             if budget == 0:
                 return counts
             raise NoEligiblePrompts(_nobody_left(unsolved, too_easy, dropped_weak, zero_accept, threshold,
-                                                 insufficient))
-        lower = np.where(exploring, explore_floor, float(floor))[active]
-        upper = np.full(int(active.sum()), upper_bound)
-        _check_feasible(lower, upper, budget, floor, cap, int(exploring.sum()))
-        share = _share(weights[active], lower, upper, budget)
-        counts[active] = _round_within(share, lower, upper, budget)
+                                                 insufficient, objective))
+        # Shares are of held + new samples: bounds and total shift by what each prompt holds.
+        base = held[active]
+        lower = base + np.where(exploring, explore_floor, float(floor))[active]
+        upper = base + np.full(int(active.sum()), upper_bound)
+        total = budget + int(base.sum())
+        _check_feasible(lower - base, upper - base, budget, floor, cap, int(exploring.sum()))
+        share = _share(weights[active], lower, upper, total)
+        counts[active] = _round_within(share, lower, upper, total) - base.astype(np.int64)
         if insufficient is None:
             return counts
-        weak = solved & ~dropped_weak & (rate * counts < insufficient)
+        weak = solved & ~dropped_weak & (rate * (counts + held) < insufficient)
         if not weak.any():
             return counts
         dropped_weak |= weak
 
 
-# allocate()'s keyword defaults (the paper's rule), read by the run config's sampler section.
+def _check_held(held, size: int) -> np.ndarray:
+    """Samples already held per prompt: non-negative integers, one per prompt (None: none)."""
+    if held is None:
+        return np.zeros(size)
+    array = _as_vector(held, "held")
+    if array.shape != (size,) or np.any(array < 0) or np.any(array != np.round(array)):
+        raise ValueError(f"held must hold one non-negative integer per prompt ({size}), got {list(array)}")
+    return array
+
+
+def _objective_weights(objective: str, grad: np.ndarray, rate: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    """w_i with n_i proportional to w_i the minimiser of the objective (0 where it gives no weight)."""
+    if objective == "raft":
+        return _weights(grad, rate, alpha, beta)
+    return np.where((rate > 0) & (rate < 1), grad, 0.0)
+
+
+def estimator_variance(grad_norms, accept_rates, counts, *, alpha: float = 1e-3, beta: float = 2.0,
+                       objective: str = "raft") -> float:
+    """The variance the allocation minimises, at `counts` samples per prompt.
+
+    "raft" (RAFT_OBJECTIVE): sum over prompts with p_i > 0 and G_i > 0 of
+    G_i^2 / (p_i n_i) / (1 + alpha / p_i^beta); "grpo" (GRPO_OBJECTIVE): sum over prompts with
+    0 < p_i < 1 and G_i > 0 of G_i^2 / n_i. +inf when such a prompt has n_i = 0; 0 when there is
+    no such prompt."""
+    grad, rate = _check_stats(grad_norms, accept_rates)
+    alpha, beta = _check_shape(alpha, beta)
+    count = _as_vector(counts, "counts")
+    if count.shape != grad.shape or np.any(count < 0):
+        raise ValueError(f"counts must hold one non-negative number per prompt ({grad.size}), got {list(count)}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    live = (grad > 0) & (rate > 0) & ((rate < 1) if objective == "grpo" else True)
+    if not live.any():
+        return 0.0
+    if np.any(count[live] == 0):
+        return math.inf
+    g, p, n = grad[live], rate[live], count[live]
+    if objective == "grpo":
+        return float(np.sum(g**2 / n))
+    with np.errstate(over="ignore"):
+        damping = 1.0 + alpha / p**beta
+    return float(np.sum(g**2 / (p * n) / damping))
+
+
+def predicted_variance_ratio(grad_norms, accept_rates, counts, total: int, *, alpha: float = 1e-3,
+                             beta: float = 2.0, objective: str = "raft") -> float:
+    """R_pred: the estimator variance of an even split of `total` samples over the same prompts
+    divided by that of `counts` (the samples that enter the estimate; `total` counts every
+    generated one, a thrown-away pilot included). > 1: the allocation is predicted to beat an even
+    split of what it cost; NaN when neither has variance (no prompt the objective weighs)."""
+    kwargs = dict(alpha=alpha, beta=beta, objective=objective)
+    even = estimator_variance(grad_norms, accept_rates, allocate_uniform(len(counts), total), **kwargs)
+    chosen = estimator_variance(grad_norms, accept_rates, counts, **kwargs)
+    if chosen == 0.0 and even == 0.0:
+        return math.nan
+    if math.isinf(chosen):
+        return 0.0 if math.isfinite(even) else math.nan
+    return even / chosen if chosen > 0 else math.inf
+
+
+# allocate()'s rule settings with their defaults (the paper's), read by the run config's sampler
+# section; `objective` follows the algorithm and `held` is data, so neither is a setting here.
 ALLOCATE_DEFAULTS = {name: param.default for name, param in inspect.signature(allocate).parameters.items()
-                     if param.kind is inspect.Parameter.KEYWORD_ONLY}
+                     if param.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("objective", "held")}
 
 
 def _check_feasible(lower, upper, budget, floor, cap, n_exploring) -> None:
@@ -340,10 +418,11 @@ def _check_feasible(lower, upper, budget, floor, cap, n_exploring) -> None:
         )
 
 
-def _nobody_left(unsolved, too_easy, weak, zero_accept, threshold, insufficient) -> str:
+def _nobody_left(unsolved, too_easy, weak, zero_accept, threshold, insufficient, objective) -> str:
     reasons = []
     if unsolved.any() and zero_accept == "skip":
-        reasons.append(f"{int(unsolved.sum())} unsolved (p=0) skipped by zero_accept='skip'")
+        what = "unsolved (p=0)" if objective == "raft" else "with p=0 or p=1 (objective='grpo')"
+        reasons.append(f"{int(unsolved.sum())} {what} skipped by zero_accept='skip'")
     if too_easy.any():
         reasons.append(f"{int(too_easy.sum())} above filter_threshold={threshold}")
     if weak.any():

@@ -35,13 +35,14 @@ from typing import Any
 import yaml
 
 from gvm.algorithms import ALGORITHMS
-from gvm.allocation import ALLOCATE_DEFAULTS, ZERO_ACCEPT_MODES
+from gvm.allocation import ALLOCATE_DEFAULTS, OBJECTIVES, ZERO_ACCEPT_MODES
 from gvm.arithmetic import LEVELS
 from gvm.config_build import ConfigError, build, merge, parse_override, require, set_dotted
 from gvm.data import ANSWER_KEY, DATA_SUFFIXES, PROBLEM_KEY, PROMPT_STYLES
 from gvm.engines.base import SamplingConfig
 from gvm.engines.factory import AUTO, ENGINE_NAMES
 from gvm.engines.mismatch import MismatchConfig
+from gvm.samplers import SAMPLER_NAMES as SAMPLERS
 from gvm.toy import TinyModelConfig
 from gvm.trainer_config import TrainerConfig
 from gvm.verify import VerifierConfig
@@ -52,7 +53,7 @@ __all__ = ["ConfigError", "RunConfig", "load_config", "from_dict", "check_paths"
 BUILTIN_MODEL = "tiny"          # `model=tiny`: build gvm.toy's model in the run folder
 BUILTIN_TASK = ""               # `train_data=` empty: the built-in arithmetic task
 AUTO_STYLE = "auto"             # data.prompt_style: "cot" for files, "compact" for the built-in task
-SAMPLERS = ("uniform", "gvm")
+AUTO_OBJECTIVE = "auto"         # sampler.objective: the algorithm's own
 # Trainer fields that follow a top-level key (see the module docstring).
 DERIVED_TRAINER_FIELDS = {"model_path": "model", "algorithm": "algorithm", "seed": "seed",
                           "temperature": "rollout.sampling.temperature"}
@@ -116,12 +117,23 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """How many samples each prompt gets. "uniform": n_per_prompt each (RAFT / GRPO). "gvm": a pilot
-    of pilot_n each measures p_i and G_i, then `gvm.allocation.allocate` shares `budget`."""
+    """How each iteration spends its generation budget (gvm.samplers; every sample is counted).
+
+    "uniform": n_per_prompt samples for each prompt. "dapo": DAPO's dynamic sampling, n_per_prompt
+    per drawn prompt, groups without gradient dropped and prompts drawn until the training batch
+    holds prompts_per_iteration groups. "gvm": the paper's two stages, a pilot of pilot_n per prompt
+    measures p_i and G_i and `gvm.allocation.allocate` shares `budget`. "adaptive" (ours): p_i from
+    each prompt's posterior over all its samples, the pilot only for prompts without history, the
+    budget spent in `rounds` with p_i and liveness re-estimated between them."""
     kind: str = "gvm"
-    n_per_prompt: int = 4                # uniform: samples per prompt; gvm: budget per prompt if budget is null
-    pilot_n: int = 4                     # N': stage-1 samples per prompt (the paper: 8)
-    budget: int | None = None            # N: stage-2 samples per iteration; null: n_per_prompt * prompts
+    n_per_prompt: int = 4                # uniform, dapo: samples per prompt; gvm, adaptive: budget per prompt if
+                                         # budget is null
+    pilot_n: int = 4                     # N': pilot samples per prompt (the paper: 8; adaptive: at most half the
+                                         # budget per prompt)
+    budget: int | None = None            # N: allocated samples per iteration (gvm: stage 2, after the pilot;
+                                         # adaptive: all of them, pilot included); null: n_per_prompt * prompts
+    objective: str = AUTO_OBJECTIVE      # the allocation objective: "auto" is the algorithm's (RAFT's for RAFT and
+                                         # RAFT++, GRPO's for GRPO; docs/allocation.md), or "raft" / "grpo"
     # The allocation rule's settings: defaults are allocate()'s (the paper's) except where noted.
     alpha: float = ALLOCATE_DEFAULTS["alpha"]        # w_i = G_i / sqrt(p_i + alpha p_i^(1 - beta))
     beta: float = ALLOCATE_DEFAULTS["beta"]
@@ -134,42 +146,70 @@ class SamplerConfig:
                                          # the prompts read p_i = 0, and a few samples each find the solvable ones
     explore_per_prompt: int = ALLOCATE_DEFAULTS["explore_per_prompt"]
     explore_fraction: float = ALLOCATE_DEFAULTS["explore_fraction"]
-    reuse_pilot_samples: bool = True     # train on the pilot too (G_i from that backward); off: the paper
+    # gvm
+    reuse_pilot_samples: bool = True     # the pilot's samples join the training batch; off: thrown away (the paper)
+    pilot_step: bool = False             # with reuse: train on the pilot in an optimizer step of its own first, G_i
+                                         # from that backward (two steps per iteration; the default until 2026-12)
     stats_ema: float = 0.0               # weight of a prompt's earlier p_i, G_i when seen again; 0: none
+    # dapo
+    dapo_max_rounds: int = 8             # generation rounds before dapo trains on what it has
+    # adaptive
+    prior: float = 0.5                   # p_i ~ Beta(prior + successes, prior + failures); 0: the plain rate
+    history_decay: float = 0.5           # at each visit a prompt's earlier counts are multiplied by this
+    amortise_after: float | None = 2.0   # a prompt whose decayed history holds this many samples skips the pilot;
+                                         # null: every prompt gets one
+    rounds: int = 2                      # the budget after the pilot is spent in this many rounds
+    min_useful: float = 0.2              # a prompt takes part in a round when the chance that its samples carry
+                                         # gradient (an accepted one; for GRPO both outcomes) is at least this
 
     def __post_init__(self) -> None:
         require(self.kind in SAMPLERS, "sampler.kind", self.kind, f"must be one of {SAMPLERS}")
         require(self.n_per_prompt >= 1, "sampler.n_per_prompt", self.n_per_prompt, "must be >= 1")
         require(self.pilot_n >= 1, "sampler.pilot_n", self.pilot_n, "must be >= 1 (the pilot measures p_i)")
         require(self.budget is None or self.budget >= 1, "sampler.budget", self.budget, "must be >= 1 or null")
+        objectives = (AUTO_OBJECTIVE, *OBJECTIVES)
+        require(self.objective in objectives, "sampler.objective", self.objective, f"must be one of {objectives}")
         require(self.alpha >= 0, "sampler.alpha", self.alpha, "must be >= 0")
         require(math.isfinite(self.beta), "sampler.beta", self.beta, "must be a finite number (the paper: 2)")
         require(self.min_per_prompt >= 0, "sampler.min_per_prompt", self.min_per_prompt, "must be >= 0")
         require(self.max_per_prompt is None or self.max_per_prompt >= max(1, self.min_per_prompt),
-              "sampler.max_per_prompt", self.max_per_prompt, f"must be >= max(1, min_per_prompt) or null")
+                "sampler.max_per_prompt", self.max_per_prompt, "must be >= max(1, min_per_prompt) or null")
         require(self.filter_threshold is None or 0 <= self.filter_threshold <= 1, "sampler.filter_threshold",
-              self.filter_threshold, "must lie in [0, 1] or be null")
+                self.filter_threshold, "must lie in [0, 1] or be null")
         require(self.filter_insufficient is None or self.filter_insufficient >= 0, "sampler.filter_insufficient",
-              self.filter_insufficient, "must be >= 0 or null")
+                self.filter_insufficient, "must be >= 0 or null")
         require(self.zero_accept in ZERO_ACCEPT_MODES, "sampler.zero_accept", self.zero_accept,
-              f"must be one of {ZERO_ACCEPT_MODES}")
+                f"must be one of {ZERO_ACCEPT_MODES}")
         require(self.explore_per_prompt >= 0, "sampler.explore_per_prompt", self.explore_per_prompt, "must be >= 0")
         require(0 <= self.explore_fraction <= 1, "sampler.explore_fraction", self.explore_fraction,
-              "must lie in [0, 1]")
+                "must lie in [0, 1]")
         require(0 <= self.stats_ema < 1, "sampler.stats_ema", self.stats_ema, "must lie in [0, 1)")
+        require(not self.pilot_step or self.reuse_pilot_samples, "sampler.pilot_step", self.pilot_step,
+                "trains on the pilot, so it needs reuse_pilot_samples=true")
+        require(self.dapo_max_rounds >= 1, "sampler.dapo_max_rounds", self.dapo_max_rounds, "must be >= 1")
+        require(self.prior >= 0, "sampler.prior", self.prior, "must be >= 0 (0: plain rates)")
+        require(0 <= self.history_decay <= 1, "sampler.history_decay", self.history_decay, "must lie in [0, 1]")
+        require(self.amortise_after is None or self.amortise_after > 0, "sampler.amortise_after",
+                self.amortise_after, "must be > 0 or null (always a pilot)")
+        require(self.rounds >= 1, "sampler.rounds", self.rounds, "must be >= 1")
+        require(0 <= self.min_useful <= 1, "sampler.min_useful", self.min_useful, "must lie in [0, 1]")
 
     @property
     def reuses_pilot(self) -> bool:
-        """The pilot's samples are trained on (and their gradients give G_i)."""
+        """The gvm pilot's samples are trained on."""
         return self.kind == "gvm" and self.reuse_pilot_samples
 
     def stage2_budget(self, prompts_per_iteration: int) -> int:
-        """N, the samples of stage 2 (uniform: all samples) per iteration."""
+        """N, the allocated samples per iteration (uniform: all samples)."""
         return self.budget if self.budget is not None else self.n_per_prompt * prompts_per_iteration
 
     def allocate_kwargs(self) -> dict:
-        """The keyword arguments of `gvm.allocation.allocate` this config sets."""
+        """The keyword arguments of `gvm.allocation.allocate` this config sets (the rule's settings)."""
         return {name: getattr(self, name) for name in ALLOCATE_DEFAULTS}
+
+    def objective_for(self, algorithm: str) -> str:
+        """The allocation objective with "auto" resolved for `algorithm`."""
+        return ALGORITHMS[algorithm].objective if self.objective == AUTO_OBJECTIVE else self.objective
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ class LoopState:
     samples_generated: int = 0    # every sample the engine generated, pilot included
     seconds: float = 0.0          # wall time of the RL loop, without evaluation and checkpoints
     world_size: int = 1           # ranks of the launch that wrote it (ZeRO cannot re-partition)
+    prompts_drawn: int = 0        # the prompt stream's position (gvm.prompts.PromptStream)
     stats: dict = field(default_factory=dict)   # gvm.stats.PromptStats.state_dict()
 
 

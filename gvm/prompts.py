@@ -2,8 +2,8 @@
 formatted and tokenized once, and a deterministic order of prompt batches.
 
 `Prompt.key` is the row's stable index in the training set: it keys the per-prompt statistics
-(gvm.stats) and the allocation audit log. Batches depend only on (seed, iteration), so a resumed
-run continues with the batch it would have taken.
+(gvm.stats) and the allocation audit log. The stream of prompts depends only on the seed and its
+position, so a resumed run continues with the prompts it would have taken.
 """
 from __future__ import annotations
 
@@ -80,14 +80,15 @@ def load_rows(cfg, data_dir: Path | None = None) -> tuple[list[dict], list[dict]
     return train, held_out
 
 
-class PromptBatches:
-    """Batch t of an endless shuffled stream: epoch e is a permutation seeded by (seed, e), and
-    batch t takes positions [t * size, (t + 1) * size) of the concatenated epochs."""
+class PromptStream:
+    """The training prompts as an endless shuffled stream: epoch e is a permutation seeded by
+    (seed, e), and `take(k)` returns the next k prompts of the concatenated epochs. The position is
+    all the state there is (a checkpoint saves it), so a resumed run draws what it would have."""
 
-    def __init__(self, prompts: list[Prompt], batch_size: int, seed: int):
-        if batch_size > len(prompts):
-            raise ValueError(f"data.prompts_per_iteration={batch_size} exceeds the {len(prompts)} training prompts")
-        self.prompts, self.batch_size, self.seed = prompts, batch_size, seed
+    def __init__(self, prompts: list[Prompt], seed: int, position: int = 0):
+        if not prompts:
+            raise ValueError("the prompt stream needs at least one prompt")
+        self.prompts, self.seed, self.position = prompts, seed, position
         self._orders: dict[int, np.ndarray] = {}
 
     def _order(self, epoch: int) -> np.ndarray:
@@ -95,9 +96,15 @@ class PromptBatches:
             self._orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))
         return self._orders[epoch]
 
-    def batch(self, iteration: int) -> list[Prompt]:
-        n, out = len(self.prompts), []
-        for position in range(iteration * self.batch_size, (iteration + 1) * self.batch_size):
-            epoch, offset = divmod(position, n)
+    def take(self, count: int) -> list[Prompt]:
+        out = []
+        for position in range(self.position, self.position + count):
+            epoch, offset = divmod(position, len(self.prompts))
             out.append(self.prompts[int(self._order(epoch)[offset])])
+        self.position += count
         return out
+
+    @property
+    def epochs(self) -> float:
+        """Passes over the training prompts so far."""
+        return self.position / len(self.prompts)

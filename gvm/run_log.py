@@ -210,7 +210,11 @@ def format_header(phases: list[str]) -> str:
     """Column names of `format_row`: p-histogram bins are labelled p=0 ... p=1, phases in seconds."""
     hist = "".join(f"{'p' + label if label in ('0', '1') else label:>5}" for label in HIST_LABELS)
     names = "".join(f"{p[:PHASE_WIDTH - 1]:>{PHASE_WIDTH}}" for p in phases)
-    return f"{'it':>4}{'acc':>7}{'samples':>9}{'accept':>7}{hist}{'n min/med/max':>15}  s:{names}"
+    return f"{'it':>4}{'acc':>7}{'samples':>9}{'accept':>7}{'useful':>7}{'R_pred':>7}{hist}{'n min/med/max':>15}  s:{names}"
+
+
+def _fraction(value, width: int = 7) -> str:
+    return f"{value:{width}.3f}" if value is not None and math.isfinite(value) else f"{'-':>{width}}"
 
 
 def format_row(row: dict, phases: list[str]) -> str:
@@ -219,7 +223,8 @@ def format_row(row: dict, phases: list[str]) -> str:
     hist = "".join(f"{count:>5}" for count in row.get("accept_hist", [0] * len(HIST_LABELS)))
     n = row.get("n_per_prompt")
     spread = f"{n['min']}/{n['median']:g}/{n['max']}" if n else "-"
-    accept = row.get("accept_rate")
-    accept_text = f"{accept:7.3f}" if accept is not None else f"{'-':>7}"
+    ratio = row.get("R_pred")
+    ratio_text = f"{ratio:7.2f}" if ratio is not None and math.isfinite(ratio) else f"{'-':>7}"
     seconds = "".join(f"{row['time'].get(p, 0.0):{PHASE_WIDTH}.1f}" for p in phases)
-    return f"{row['iteration']:>4}{acc}{row['samples_generated']:>9}{accept_text}{hist}{spread:>15}    {seconds}"
+    return (f"{row['iteration']:>4}{acc}{row['samples_generated']:>9}{_fraction(row.get('accept_rate'))}"
+            f"{_fraction(row.get('useful_fraction'))}{ratio_text}{hist}{spread:>15}    {seconds}")

@@ -22,13 +22,14 @@ from transformers import AutoTokenizer
 from gvm import distributed as gdist
 from gvm.algorithms import Algorithm, get_algorithm
 from gvm.colocation import Colocation
-from gvm.config import RunConfig, check_paths
+from gvm.config import ConfigError, RunConfig, check_paths
 from gvm.ds_config import resolve_dtype
 from gvm.engines.factory import EngineSpec, model_stop_ids, resolve_engine
 from gvm.loop_state import LoopState, latest_checkpoint, load_checkpoint
-from gvm.prompts import Prompt, PromptBatches, load_rows, to_prompts
+from gvm.prompts import Prompt, PromptStream, load_rows, to_prompts
 from gvm.rollouts import Rollouts
 from gvm.run_log import PhaseTimer, RunLog
+from gvm.samplers import Sampler, SamplerContext, make_sampler
 from gvm.stats import PromptStats
 from gvm.toy import build_tiny
 from gvm.trainer import PolicyTrainer
@@ -49,7 +50,8 @@ class Run:
     log: RunLog
     algorithm: Algorithm
     eval_prompts: list[Prompt]
-    batches: PromptBatches
+    stream: PromptStream         # the training prompts, in the order the samplers draw them
+    sampler: Sampler
     trainer: PolicyTrainer
     rollouts: Rollouts
     swap: Colocation             # who holds the accelerator: trainer or engine
@@ -96,16 +98,22 @@ def start_run(cfg: RunConfig) -> Run:
     timer = PhaseTimer()
     swap = Colocation(trainer, rollouts, timer)
     stats, state = PromptStats(cfg.sampler.stats_ema), LoopState(world_size=gdist.world_size())
+    if len(train_prompts) < cfg.data.prompts_per_iteration:
+        raise ConfigError(f"config key data.prompts_per_iteration={cfg.data.prompts_per_iteration}: exceeds the "
+                          f"{len(train_prompts)} training prompts")
     if resume_from is not None:
         state = load_checkpoint(trainer, run_dir, resume_from)
         stats.load_state_dict(state.stats)
         swap.sync()          # the engine was built from the warm start, not the checkpoint
         timer.pop()
         runlog.print(f"resumed from {resume_from} at iteration {state.iteration}")
-    return Run(cfg=cfg, run_dir=run_dir, log=runlog, algorithm=get_algorithm(cfg.algorithm), eval_prompts=eval_prompts,
-               batches=PromptBatches(train_prompts, cfg.data.prompts_per_iteration, cfg.seed), trainer=trainer,
-               rollouts=rollouts, swap=swap, timer=timer, stats=stats, state=state, wall_start=wall_start,
-               warm_seconds=warm_seconds)
+    stream = PromptStream(train_prompts, cfg.seed, position=state.prompts_drawn)
+    algorithm = get_algorithm(cfg.algorithm)
+    sampler = make_sampler(SamplerContext(cfg=cfg, algorithm=algorithm, rollouts=rollouts, swap=swap, timer=timer,
+                                          trainer=trainer, stream=stream, stats=stats))
+    return Run(cfg=cfg, run_dir=run_dir, log=runlog, algorithm=algorithm, eval_prompts=eval_prompts, stream=stream,
+               sampler=sampler, trainer=trainer, rollouts=rollouts, swap=swap, timer=timer, stats=stats, state=state,
+               wall_start=wall_start, warm_seconds=warm_seconds)
 
 
 def build_rollouts(spec: EngineSpec, policy_dir: Path, cfg: RunConfig) -> Rollouts:

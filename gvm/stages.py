@@ -131,12 +131,20 @@ def pilot_grad_norms(trainer, pilot: TrainData, trained_norms: dict, num_prompts
     return np.where(counts > 0, sums / np.maximum(counts, 1), math.nan)
 
 
-def allocate_counts(grad, accept, budget: int, sampler) -> tuple[np.ndarray, str]:
-    """n_i from gvm.allocation.allocate. Only when no prompt can take the budget (all unsolved
-    under zero_accept="skip", or all filtered) does the iteration fall back to an even split, and
-    say so; any other error (a NaN G_i, a bad bound) stops the run."""
+def allocate_counts(grad, accept, budget: int, sampler, *, objective: str = "raft",
+                    held=None) -> tuple[np.ndarray, str]:
+    """n_i from gvm.allocation.allocate with the sampler config's rule settings. Only when no prompt
+    can take the budget (all unsolved under zero_accept="skip", or all filtered, or those left all
+    capped below it) does the iteration fall back to an even split, and say so; any other error (a
+    NaN G_i, a bad bound) stops the run."""
     try:
-        return allocate(grad, accept, budget, **sampler.allocate_kwargs()), "gvm"
+        return allocate(grad, accept, budget, **sampler.allocate_kwargs(), objective=objective, held=held), "gvm"
     except NoEligiblePrompts as error:
         log.warning("allocation fell back to an even split: %s", error)
         return allocate_uniform(len(accept), budget), "uniform-fallback"
+
+
+def useful_samples(data: TrainData) -> int:
+    """Training samples that carry gradient: a non-zero advantage (RAFT: accepted; GRPO: a group
+    whose rewards differ)."""
+    return sum(1 for s in data.samples if np.any(np.asarray(s.advantage) != 0))

@@ -1,30 +1,39 @@
-"""Per-prompt acceptance rate p_i and gradient scale G_i, carried across iterations.
+"""What each training prompt's samples have shown so far: its acceptance rate p_i and gradient
+scale G_i, carried across iterations and saved with checkpoints (keyed by the prompt's stable
+index in the training set).
 
-Each iteration measures p_i (accepted / pilot samples) and G_i (mean gradient norm of the
-accepted pilot samples; none accepted gives no measurement of G). A prompt seen before may
-smooth its estimate with the earlier one:
+Two ways to read it:
 
-    p_i <- ema * p_i(before) + (1 - ema) * p_i(now)        (same for G_i)
+- Smoothed pilot estimates (the "gvm" sampler): each iteration measures p_i (accepted / pilot
+  samples) and G_i (mean gradient norm of the accepted pilot samples), and a prompt seen before
+  may smooth them with the earlier ones, p_i <- ema * p_i(before) + (1 - ema) * p_i(now) (the
+  same for G_i). ema = 0 uses this iteration's pilot only (the paper). A prompt with no accepted
+  sample this time keeps its earlier G_i if it has one; a prompt never solved has G_i = 0.
 
-ema = 0 uses this iteration's pilot only (the paper). When a prompt had no accepted sample this
-time, its G_i keeps the earlier value if there is one (a p_i > 0 from history still needs a
-scale); a prompt never solved has G_i = 0, as in the paper. The table is keyed by the prompt's
-stable index in the training set and can be saved with a checkpoint and restored.
+- A posterior (the "adaptive" sampler): every sample a prompt has had, pilot, later rounds and
+  earlier visits, counts as a success or failure, and p_i ~ Beta(prior + s_i, prior + f_i). The
+  policy moves between visits, so at every visit the old counts are multiplied by `decay`: a
+  prompt found unsolvable (or solved) long ago becomes uncertain again and is re-checked. G_i is
+  the mean gradient norm of its trained samples (from the training backward: no extra pass).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
+
+_lgamma = np.vectorize(math.lgamma, otypes=[np.float64])
 
 
 @dataclass
 class PromptRecord:
-    p: float              # smoothed acceptance rate
-    g: float              # smoothed gradient scale (0 until an accepted sample is measured)
-    seen: int = 0         # pilot rounds this prompt took part in
+    p: float = 0.0             # smoothed pilot acceptance rate (gvm)
+    g: float = 0.0             # gradient scale: smoothed pilot norm (gvm) or trained samples' norm
+    seen: int = 0              # visits: iterations this prompt was drawn in
     last_iteration: int = -1
+    successes: float = 0.0     # decayed counts of accepted / rejected samples (adaptive)
+    failures: float = 0.0
 
 
 class PromptStats:
@@ -36,8 +45,14 @@ class PromptStats:
         self.ema = ema
         self.records: dict[int, PromptRecord] = {}
 
+    def record(self, key: int) -> PromptRecord:
+        """The prompt's record (a blank one, not stored, for a prompt never seen)."""
+        return self.records.get(key, PromptRecord())
+
+    # -- the gvm sampler's smoothed pilot estimates --------------------------------------------
+
     def update(self, keys: list[int], accept_rates, grad_norms, iteration: int) -> tuple[np.ndarray, np.ndarray]:
-        """Fold in this iteration's measurements and return the (p, G) to allocate with, [n] each.
+        """Fold in this iteration's pilot measurements and return the (p, G) to allocate with, [n] each.
 
         accept_rates: p_i measured now, in [0, 1]. grad_norms: G_i measured now, NaN where the
         prompt had no accepted sample (nothing measured)."""
@@ -65,14 +80,100 @@ class PromptStats:
             p_out[i], g_out[i] = record.p, record.g
         return p_out, g_out
 
+    # -- the adaptive sampler's posterior ------------------------------------------------------
+
+    def visit(self, keys: list[int], iteration: int, decay: float) -> None:
+        """A new visit of each prompt: its earlier counts fade by `decay` (the policy has moved)."""
+        for key in keys:
+            record = self.records.setdefault(key, PromptRecord())
+            record.successes *= decay
+            record.failures *= decay
+            record.seen += 1
+            record.last_iteration = iteration
+
+    def count_outcomes(self, keys: list[int], successes, failures) -> None:
+        """Add samples' outcomes (accepted / rejected) to each prompt's counts."""
+        for key, s, f in zip(keys, successes, failures):
+            record = self.records.setdefault(key, PromptRecord())
+            record.successes += float(s)
+            record.failures += float(f)
+
+    def observe_norms(self, norms_by_key: dict[int, list[float]]) -> None:
+        """The trained samples' gradient norms per prompt: G_i becomes their mean (the latest
+        visit's; the policy moves between visits)."""
+        for key, values in norms_by_key.items():
+            finite = [v for v in values if math.isfinite(v)]
+            if finite:
+                self.records.setdefault(key, PromptRecord()).g = float(np.mean(finite))
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
     def state_dict(self) -> dict:
-        return {"ema": self.ema,
-                "records": {str(k): [r.p, r.g, r.seen, r.last_iteration] for k, r in self.records.items()}}
+        return {"ema": self.ema, "records": {str(k): asdict(r) for k, r in self.records.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.ema = float(state["ema"])
-        self.records = {int(k): PromptRecord(float(p), float(g), int(seen), int(last))
-                        for k, (p, g, seen, last) in state["records"].items()}
+        self.records = {int(k): PromptRecord(**r) for k, r in state["records"].items()}
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+# ---------------------------------------------------------------------------------------------
+# The posterior's rules (pure functions of the counts)
+
+
+def posterior_mean(successes, failures, prior: float) -> np.ndarray:
+    """E[p] under Beta(prior + s, prior + f); with prior 0, the plain rate s / (s + f) (0 when there
+    is nothing)."""
+    s, f = np.asarray(successes, np.float64), np.asarray(failures, np.float64)
+    a, b = prior + s, prior + f
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(a + b > 0, a / np.maximum(a + b, 1e-300), 0.0)
+
+
+def _beta_moment(a: np.ndarray, b: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """E[p^k] under Beta(a, b) = B(a + k, b) / B(a, b); a point mass where a + b = 0 is excluded by
+    the callers (they use prior > 0 or observed counts)."""
+    return np.exp(_lgamma(a + k) - _lgamma(a + k + b) - _lgamma(a) + _lgamma(a + b))
+
+
+def prob_useful(successes, failures, held_successes, held_failures, extra, *, prior: float,
+                need_both: bool) -> np.ndarray:
+    """The probability that a prompt's samples this iteration carry gradient once it gets `extra`
+    more, under p ~ Beta(prior + s + held_s, prior + f + held_f) (s, f: decayed history; held:
+    this iteration's samples so far).
+
+    need_both (GRPO): the group must hold both outcomes, else every advantage is 0. Otherwise
+    (RAFT): at least one accepted sample. Already useful: 1; no extra samples and not yet useful: 0.
+    """
+    hs, hf = np.asarray(held_successes, np.float64), np.asarray(held_failures, np.float64)
+    k = np.asarray(extra, np.float64)
+    a = prior + np.asarray(successes, np.float64) + hs
+    b = prior + np.asarray(failures, np.float64) + hf
+    a, b = np.maximum(a, 1e-12), np.maximum(b, 1e-12)     # a prior of 0 with no counts: undecided
+    all_fail = _beta_moment(b, a, k)                        # E[(1 - p)^k]
+    all_pass = _beta_moment(a, b, k)                        # E[p^k]
+    if need_both:
+        useful = np.where((hs > 0) & (hf > 0), 1.0,
+                          np.where(hs > 0, 1.0 - all_pass, np.where(hf > 0, 1.0 - all_fail, 1.0 - all_pass - all_fail)))
+    else:
+        useful = np.where(hs > 0, 1.0, 1.0 - all_fail)
+    return np.clip(np.where(k > 0, useful, np.where(useful == 1.0, 1.0, 0.0)), 0.0, 1.0)
+
+
+def pilot_sizes(effective_counts, pilot_n: int, amortise_after: float | None) -> np.ndarray:
+    """Pilot samples per prompt: `pilot_n`, or none for a prompt whose (decayed) history holds at
+    least `amortise_after` samples, whose posterior stands in for a pilot (None: always a pilot)."""
+    counts = np.asarray(effective_counts, np.float64)
+    if amortise_after is None:
+        return np.full(counts.size, pilot_n, dtype=np.int64)
+    return np.where(counts >= amortise_after, 0, pilot_n).astype(np.int64)
+
+
+def round_budgets(total: int, rounds: int) -> list[int]:
+    """`total` samples over `rounds` rounds as evenly as possible, the remainder to the first ones."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    base, extra = divmod(int(total), rounds)
+    return [base + (1 if r < extra else 0) for r in range(rounds)]

@@ -43,74 +43,48 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from gvm.allocation import allocate_uniform
+from gvm.allocation import predicted_variance_ratio
 from gvm.config import ConfigError, RunConfig, load_config
 from gvm.distributed import add_launcher_args
 from gvm.eval import evaluate
 from gvm.loop_state import save_checkpoint
-from gvm.rollouts import RolloutBatch
 from gvm.run_log import acceptance_histogram, count_spread
 from gvm.run_setup import Run, start_run
-from gvm.stages import allocate_counts, make_samples, pilot_grad_norms, train_on, train_summary
+from gvm.samplers import Collected
+from gvm.stages import TrainData, make_samples, train_on, train_summary, useful_samples
 
 
 def main(cfg: RunConfig) -> dict:
     """Run training as configured (on every rank of a launch). Returns the summary rank 0 prints."""
     run = start_run(cfg)
-    rollouts, swap, timer, state, sampler = run.rollouts, run.swap, run.timer, run.state, cfg.sampler
-    gvm_sampler, sampling = sampler.kind == "gvm", cfg.rollout.sampling
-    budget = sampler.stage2_budget(cfg.data.prompts_per_iteration)
+    swap, timer, state = run.swap, run.timer, run.state
     first_eval = last_eval = evaluate_before_rl(run) if state.iteration == 0 else None
-    bar = tqdm(total=cfg.iterations, initial=state.iteration, desc=f"{cfg.algorithm} / {sampler.kind}", unit="it",
+    bar = tqdm(total=cfg.iterations, initial=state.iteration, desc=f"{cfg.algorithm} / {cfg.sampler.kind}", unit="it",
                dynamic_ncols=True, disable=not (cfg.log.progress and run.rank == 0))
     for it in range(state.iteration, cfg.iterations):
         iteration_start = time.perf_counter()
-        prompts = run.batches.batch(it)
-        keys = [p.key for p in prompts]
-        row: dict = {"iteration": it + 1}
-        audit: dict = {"iteration": it + 1, "sampler": sampler.kind, "budget": budget, "keys": keys}
-        pilot = None
-        if gvm_sampler:
-            # Stage 1: N' samples per prompt measure the acceptance rate p_i ...
-            with swap.generation(), timer("pilot_rollout"):
-                pilot = rollouts.generate(prompts, sampler.pilot_n, sampling)
-            with timer("verify"):
-                rollouts.score(pilot)
-            state.samples_generated += pilot.num_samples
-            # ... and their gradients the scale G_i (training on them first when they are reused).
-            grad_now = pilot_statistics(run, pilot, it, row)
-            accept_now = pilot.accept_rates()
-            accept, grad = run.stats.update(keys, accept_now, grad_now, it)
-            # Allocate N stage-2 samples: n_i proportional to G_i / sqrt(p_i + alpha p_i^(1 - beta)).
-            with timer("allocate"):
-                counts, how = allocate_counts(grad, accept, budget, sampler)
-            audit.update(p_pilot=accept_now, G_pilot=grad_now, p=accept, G=grad, allocation=how,
-                         allocate_kwargs=sampler.allocate_kwargs())
-            row["pilot_accept_rate"] = float(np.mean(accept_now))
-        else:
-            counts = allocate_uniform(len(prompts), budget)
+        # Stages 1 and 2 (gvm.samplers; "gvm" is the paper's): a pilot of N' samples per prompt
+        # measures p_i and G_i, allocate() shares the budget, n_i more samples per prompt are
+        # generated and verified. Every generated sample is counted.
+        collected = run.sampler.collect(it)
+        state.samples_generated += collected.generated
+        state.prompts_drawn = run.stream.position
 
-        # Stage 2: n_i samples per prompt, verified.
-        with swap.generation(), timer("rollout"):
-            batch = rollouts.generate(prompts, counts, sampling)
-        with timer("verify"):
-            rollouts.score(batch)
-        state.samples_generated += batch.num_samples
-
-        # Train on them (the pilot's rewards join each prompt's group baseline when reused), then
-        # push the new weights into the engine.
-        data = make_samples(batch, run.algorithm, f"{it}/main", baseline=pilot if sampler.reuses_pilot else None)
+        # Train on them (RAFT / RAFT++ / GRPO), then push the new weights into the engine.
+        data = make_samples(collected.batch, run.algorithm, f"{it}/main", baseline=collected.baseline)
         with swap.training(), timer("train"):
             train = train_on(run.trainer, data, run.algorithm, epochs=cfg.epochs, mismatch=cfg.rollout.mismatch,
                              rng_key=[cfg.seed, it, 2])
+        run.sampler.observe_training([p.key for p in collected.batch.prompts], data.owners,
+                                     [train["grad_norms"].get(s.sample_id) for s in data.samples])
         swap.sync()
         state.seconds += time.perf_counter() - iteration_start
         state.iteration = it + 1
 
         # Log: metrics, the allocation audit, a table row; evaluate and checkpoint on schedule.
-        audit.update(n=counts, accepted=[int(sum(r)) for r in batch.rewards])
-        run.log.allocation(audit)
-        last_eval = log_iteration(run, row, batch, counts, audit, train, last_eval)
+        run.log.allocation({"iteration": it + 1, "sampler": cfg.sampler.kind, **collected.audit,
+                            "accepted": [int(sum(r)) for r in collected.batch.rewards]})
+        last_eval = log_iteration(run, collected, data, train, last_eval)
         bar.update(1)
         if last_eval is not None:
             bar.set_postfix(acc=f"{last_eval['accuracy']:.3f}", samples=state.samples_generated)
@@ -118,24 +92,6 @@ def main(cfg: RunConfig) -> dict:
             checkpoint(run)
     bar.close()
     return finish_run(run, first_eval, last_eval)
-
-
-def pilot_statistics(run: Run, pilot: RolloutBatch, it: int, row: dict) -> np.ndarray:
-    """G_i of this iteration's pilot (NaN where nothing was accepted). With reuse_pilot_samples the
-    pilot is training data: train on it now and read G_i off that backward (the next generation
-    pushes the new weights into the engine)."""
-    cfg, timer = run.cfg, run.timer
-    pilot_data = make_samples(pilot, run.algorithm, f"{it}/pilot")
-    trained_norms: dict = {}
-    with run.swap.training():
-        if cfg.sampler.reuses_pilot:
-            with timer("train_pilot"):
-                pilot_train = train_on(run.trainer, pilot_data, run.algorithm, epochs=cfg.epochs,
-                                       mismatch=cfg.rollout.mismatch, rng_key=[cfg.seed, it, 1])
-            trained_norms = pilot_train["grad_norms"]
-            row["train_pilot"] = train_summary(pilot_train)
-        with timer("grad_norms"):  # only for accepted samples the pilot step left out
-            return pilot_grad_norms(run.trainer, pilot_data, trained_norms, len(pilot.prompts))
 
 
 def held_out_eval(run: Run) -> dict | None:
@@ -161,26 +117,31 @@ def evaluate_before_rl(run: Run) -> dict | None:
     return result
 
 
-def log_iteration(run: Run, row: dict, batch: RolloutBatch, counts, audit: dict, train: dict,
-                  last_eval: dict | None) -> dict | None:
+def log_iteration(run: Run, collected: Collected, data: TrainData, train: dict, last_eval: dict | None) -> dict | None:
     """Evaluate when scheduled, then write the iteration's metrics row and table line. Returns the
     latest evaluation."""
-    cfg, state = run.cfg, run.state
+    cfg, state, batch = run.cfg, run.state, collected.batch
     evaluate_now = state.iteration == cfg.iterations or (cfg.eval.every > 0 and state.iteration % cfg.eval.every == 0)
     if evaluate_now:
         last_eval = held_out_eval(run)
-    stage2_rates = batch.accept_rates()
-    row.update({
+    rates = collected.estimates[0] if collected.estimates is not None else batch.accept_rates()
+    useful = useful_samples(data) + collected.useful_trained
+    row = {
+        "iteration": state.iteration, **collected.row,
         "samples_generated": state.samples_generated, "seconds": state.seconds,
         "wall_seconds": time.perf_counter() - run.wall_start,
         "eval": (last_eval if evaluate_now else None),
-        "accept_rate": float(np.nanmean(stage2_rates)) if batch.num_samples else None,
-        "accept_hist": acceptance_histogram(audit["p"] if "p" in audit else stage2_rates),
-        "n_per_prompt": count_spread(counts),
+        "accept_rate": float(np.nanmean(batch.accept_rates())) if batch.num_samples else None,
+        "accept_hist": acceptance_histogram(rates),
+        "n_per_prompt": count_spread(collected.counts_used) if len(collected.counts_used) else None,
+        "samples": collected.generated,
+        "useful_fraction": useful / collected.generated if collected.generated else None,
+        "R_pred": predicted_ratio(run, collected),
         "train": train_summary(train),
         "prompts_tracked": len(run.stats),
+        "epochs_of_prompts": run.stream.epochs,
         "time": run.timer.pop(),
-    })
+    }
     if evaluate_now and last_eval is not None:
         row["time"]["eval"] = last_eval["seconds"]
     run.log.metrics(row, step=state.iteration)
@@ -188,11 +149,26 @@ def log_iteration(run: Run, row: dict, batch: RolloutBatch, counts, audit: dict,
     return last_eval
 
 
+def predicted_ratio(run: Run, collected: Collected) -> float:
+    """R_pred: the allocation's predicted estimator variance against an even split of the same
+    samples over the same prompts (1 for samplers that split evenly: uniform, and dapo over the
+    prompts it drew)."""
+    if collected.estimates is None:
+        return 1.0
+    rates, grad = collected.estimates
+    sampler = run.cfg.sampler
+    return predicted_variance_ratio(grad, rates, collected.counts_used, collected.generated, alpha=sampler.alpha,
+                                    beta=sampler.beta, objective=sampler.objective_for(run.cfg.algorithm))
+
+
 def phases(cfg: RunConfig) -> list[str]:
     """The table's phase columns, in loop order."""
-    if cfg.sampler.kind != "gvm":
-        return ["verify", "rollout", "train", "sync", "eval"]
-    pilot = ["pilot_rollout", "verify"] + (["train_pilot"] if cfg.sampler.reuses_pilot else []) + ["grad_norms"]
+    sampler = cfg.sampler
+    if sampler.kind in ("uniform", "dapo"):
+        return ["rollout", "verify", "train", "sync", "eval"]
+    if sampler.kind == "adaptive":
+        return ["pilot_rollout", "rollout", "verify", "train", "sync", "eval"]
+    pilot = ["pilot_rollout", "verify"] + (["train_pilot"] if sampler.pilot_step else []) + ["grad_norms"]
     return pilot + ["allocate", "rollout", "train", "sync", "eval"]
 
 

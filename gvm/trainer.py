@@ -2,7 +2,8 @@
 with RAFT / RAFT++ / GRPO on packed batches, with GVM's per-sample gradient norms taken from the
 same backward.
 
-One `train_step(samples, algorithm)` call = `optimizer_steps_per_call` optimizer steps (default 1):
+One `train_step(samples, algorithm)` call = `optimizer_steps_per_call` optimizer steps (default 1;
+with `mini_batch_samples`, one per that many samples):
 the samples are split in order into that many mini-batches; each is dealt to the ranks (longest
 first onto the lightest rank), cut into micro-batches of at most `micro_batch_tokens` tokens, run
 forward/backward with gradient accumulation, then one AdamW step (warm-up + cosine/constant
@@ -280,7 +281,7 @@ class PolicyTrainer:
         self.reload()
         samples = self._fill_missing_logps(samples, kind)
         metrics: dict = {"grad_norms": {}, "grad_norms_embed": {}, "grad_norms_head": {}, "grad_norms_exact": {}}
-        for mini in _split_in_order(samples, self.config.optimizer_steps_per_call):
+        for mini in _split_in_order(samples, self.config.mini_batches(len(samples))):
             step_metrics = self._optimizer_step(mini, kind, on_gradients)
             for key in ("grad_norms", "grad_norms_embed", "grad_norms_head", "grad_norms_exact"):
                 metrics[key].update(step_metrics.pop(key))

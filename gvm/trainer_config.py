@@ -2,6 +2,7 @@
 construction so that a bad value fails with the field's name before any model is loaded."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from gvm_kernels.policy_loss import AGGREGATIONS, KINDS
@@ -34,6 +35,9 @@ class TrainerConfig:
                                               # is moot there), FusedAdam on CUDA (offload_states needs it)
     grad_clip: float = 1.0                    # global grad-norm clip; 0 disables
     optimizer_steps_per_call: int = 1         # train_step splits its samples into this many mini-batches
+    mini_batch_samples: int | None = None     # instead, one mini-batch per this many samples (verl's
+                                              # ppo_mini_batch_size x rollout.n: the paper's GVM runs, n = 1 per row,
+                                              # took ~8x the baselines' updates); None: optimizer_steps_per_call
     # memory and speed
     micro_batch_tokens: int = 8192            # token budget of one forward/backward per rank
     gradient_checkpointing: bool = False      # recompute layer activations in the backward
@@ -72,6 +76,8 @@ class TrainerConfig:
         need(self.adam_eps > 0, "adam_eps", "must be > 0")
         need(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
         need(self.optimizer_steps_per_call >= 1, "optimizer_steps_per_call", "must be >= 1")
+        need(self.mini_batch_samples is None or self.mini_batch_samples >= 1, "mini_batch_samples",
+             "must be >= 1, or None (optimizer_steps_per_call mini-batches per call)")
         need(self.micro_batch_tokens >= 1, "micro_batch_tokens", "must be >= 1")
         need(self.attention in ATTENTIONS, "attention", f"must be one of {ATTENTIONS}")
         need(self.algorithm in KINDS, "algorithm", f"must be one of {KINDS}")
@@ -86,3 +92,9 @@ class TrainerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def mini_batches(self, num_samples: int) -> int:
+        """Optimizer steps of one train_step call over `num_samples` samples."""
+        if self.mini_batch_samples is None:
+            return self.optimizer_steps_per_call
+        return max(1, math.ceil(num_samples / self.mini_batch_samples))

@@ -17,10 +17,17 @@ EVAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eva
 def pytest_configure(config):
     try:
         from hypothesis import core
+        from hypothesis.internal.conjecture import providers
     except ImportError:
         return
     if config.getoption("hypothesis_seed", None) is None:
         core.global_force_seed = SESSION_SEED  # property tests draw fresh inputs per session, replayable
+    # Hypothesis also mixes in literals it finds in every loaded project module, so the inputs of a
+    # test would depend on which other test files were collected: a failure seen in the whole
+    # suite would not replay alone. Without them, the seed alone decides.
+    if hasattr(providers, "_get_local_constants"):
+        empty = providers.Constants()
+        providers._get_local_constants = lambda: empty
 
 
 def pytest_report_header(config):

@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
-from gvm.allocation import allocate, allocate_uniform, gvm_weights
+from gvm.allocation import allocate, allocate_uniform, estimator_variance, gvm_weights, predicted_variance_ratio
 
 PROPERTY = settings(max_examples=100, deadline=None)
 
@@ -182,8 +182,18 @@ def slsqp_optimum(grad, accept, budget, alpha, beta, lower=None, upper=None):
         constraints=[{"type": "eq", "fun": lambda counts: counts.sum() - budget, "jac": lambda c: np.ones(n)}],
         options={"ftol": 1e-14, "maxiter": 1000},
     )
+    if not result.success:  # SLSQP's line search can stall near a bound (status 8): ask another method
+        result = trust_constr(lambda counts: paper_objective(counts, grad, accept, alpha, beta) / scale,
+                              np.clip(np.full(n, budget / n), lower, upper), lower, upper, budget)
     assert result.success, result.message
     return result.x
+
+
+def trust_constr(objective, x0, lower, upper, budget):
+    """scipy's trust-constr on the same problem: the fallback where SLSQP stalls."""
+    return minimize(objective, x0=x0, method="trust-constr", bounds=list(zip(lower, upper)),
+                    constraints=[{"type": "eq", "fun": lambda c: c.sum() - budget}],
+                    options={"gtol": 1e-12, "xtol": 1e-14, "maxiter": 5000})
 
 
 @settings(max_examples=40, deadline=None)
@@ -438,3 +448,117 @@ def test_uniform_errors():
     with pytest.raises(ValueError, match="n_prompts=0"):
         allocate_uniform(0, 5)
     assert allocate_uniform(0, 0).shape == (0,)
+
+
+# ------------------------------------------------------------------------------------ GRPO, held samples, variance
+
+
+def grpo_objective(counts, grad, accept):
+    """sum over prompts whose rewards can differ (0 < p < 1) of G_i^2 / n_i (docs/allocation.md)."""
+    live = (accept > 0) & (accept < 1)
+    return np.sum(grad[live] ** 2 / counts[live])
+
+
+def slsqp_minimum(objective, n, budget, lower):
+    """scipy's SLSQP minimum of `objective` over real counts >= lower summing to budget."""
+    lower = np.maximum(lower, 1e-6)
+    x0 = lower + (budget - lower.sum()) / n            # feasible: above every bound, right sum
+    scale = objective(x0)
+    result = minimize(lambda c: objective(c) / scale, x0=x0, method="SLSQP", bounds=[(lo, None) for lo in lower],
+                      constraints=[{"type": "eq", "fun": lambda c: c.sum() - budget}],
+                      options={"ftol": 1e-14, "maxiter": 2000})
+    if not result.success:  # see slsqp_optimum
+        result = trust_constr(lambda c: objective(c) / scale, x0, lower, np.full(n, np.inf), budget)
+    assert result.success, result.message
+    return result.x
+
+
+live_rates = st.one_of(st.just(0.0), st.floats(0.02, 0.98), st.just(1.0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(stats=prompt_stats(min_size=2, max_size=7, rate=live_rates, norm=st.floats(0.1, 10.0)),
+       budget=st.integers(50, 400))
+def test_grpo_objective_allocation_is_its_minimiser(stats, budget):
+    """objective="grpo": nothing to prompts with p in {0, 1}; on the rest, the integer counts lie
+    within one sample of the numeric minimiser of sum G_i^2 / n_i."""
+    grad, accept = stats
+    live = (accept > 0) & (accept < 1)
+    assume(live.any())
+    counts = allocate(grad, accept, budget, objective="grpo")
+    assert counts.sum() == budget and (counts[~live] == 0).all()
+    optimum = slsqp_minimum(lambda c: np.sum(grad[live] ** 2 / c), int(live.sum()), budget,
+                            np.zeros(int(live.sum())))
+    assert np.all(np.abs(counts[live] - optimum) < 1.0 + 1e-3 * optimum), (counts[live], optimum)
+    assert grpo_objective(counts, grad, accept) <= grpo_objective(
+        np.maximum(allocate_uniform(grad.size, budget), 1e-9), grad, accept) + 1e-9
+
+
+@settings(max_examples=40, deadline=None)
+@given(stats=prompt_stats(min_size=2, max_size=6, rate=st.floats(0.05, 0.95), norm=st.floats(0.1, 10.0)),
+       budget=st.integers(20, 200), data=st.data(), objective=st.sampled_from(["raft", "grpo"]))
+def test_held_samples_count_towards_the_optimum(stats, budget, data, objective):
+    """With samples already held (a reused pilot, earlier rounds) the new ones bring held + new
+    to the numeric minimiser of the objective under new >= 0."""
+    grad, accept = stats
+    held = np.array(data.draw(st.lists(st.integers(0, 30), min_size=grad.size, max_size=grad.size)), dtype=float)
+    counts = allocate(grad, accept, budget, objective=objective, held=held)
+    assert counts.sum() == budget and (counts >= 0).all()
+    objective_fn = ((lambda c: paper_objective(c, grad, accept, 1e-3, 2.0)) if objective == "raft"
+                    else (lambda c: np.sum(grad**2 / c)))
+    total = budget + held.sum()
+    optimum = slsqp_minimum(objective_fn, grad.size, total, np.maximum(held, 1e-6))
+    assert np.all(np.abs(counts + held - optimum) < 1.0 + 1e-3 * optimum), (counts + held, optimum)
+
+
+def test_grpo_skips_agreeing_prompts_and_explores_them_on_request():
+    grad, accept = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 0.5, 1.0, 0.25])
+    np.testing.assert_array_equal(allocate(grad, accept, 12, objective="grpo"), [0, 4, 0, 8])
+    explored = allocate(grad, accept, 20, objective="grpo", zero_accept="explore", explore_per_prompt=1)
+    assert explored[0] == 1 and explored[2] == 1 and explored.sum() == 20
+    with pytest.raises(ValueError, match=r"p=0 or p=1 \(objective='grpo'\)"):
+        allocate(grad, np.array([0.0, 1.0, 1.0, 0.0]), 8, objective="grpo")
+    with pytest.raises(ValueError, match="objective must be one of"):
+        allocate(grad, accept, 8, objective="ppo")
+    with pytest.raises(ValueError, match="held must hold"):
+        allocate(grad, accept, 8, held=[1, 2, -1, 0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(stats=prompt_stats(min_size=1, max_size=10), data=st.data(), alpha=st.sampled_from([1e-3, 0.0, 0.1]),
+       beta=st.sampled_from([2.0, 3.0]), objective=st.sampled_from(["raft", "grpo"]))
+def test_estimator_variance_is_the_objective(stats, data, alpha, beta, objective):
+    grad, accept = stats
+    counts = np.array(data.draw(st.lists(st.integers(0, 50), min_size=grad.size, max_size=grad.size)))
+    got = estimator_variance(grad, accept, counts, alpha=alpha, beta=beta, objective=objective)
+    live = (grad > 0) & (accept > 0) & ((accept < 1) if objective == "grpo" else True)
+    if not live.any():
+        assert got == 0.0
+    elif (counts[live] == 0).any():
+        assert got == np.inf
+    else:
+        g, p, n = grad[live], accept[live], counts[live]
+        want = np.sum(g**2 / n) if objective == "grpo" else np.sum(g**2 / (p * n) / (1 + alpha / p**beta))
+        assert got == pytest.approx(want, rel=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(stats=prompt_stats(min_size=2, max_size=10, rate=st.floats(0.05, 1.0), norm=st.floats(0.1, 10.0)))
+def test_predicted_ratio_of_the_optimum_is_the_cauchy_schwarz_bound(stats):
+    """R_pred of the (uncapped) allocation of N samples against an even split of the same N is
+    m sum a_i^2 / (sum a_i)^2 with a_i = G_i sqrt(d_i / p_i); rounding to integers moves V by at
+    most m / N relative, so N = 10^6 leaves 1e-4."""
+    grad, accept = stats
+    budget = 10**6
+    counts = allocate(grad, accept, budget)
+    a = grad * np.sqrt(1.0 / (accept * (1.0 + 1e-3 / accept**2)))
+    bound = grad.size * np.sum(a**2) / np.sum(a) ** 2
+    assert predicted_variance_ratio(grad, accept, counts, budget) == pytest.approx(bound, rel=1e-4)
+    assert predicted_variance_ratio(grad, accept, allocate_uniform(grad.size, budget), budget) == pytest.approx(1.0)
+    # a thrown-away pilot counts against the allocation: the same counts, twice the samples generated
+    assert predicted_variance_ratio(grad, accept, counts, 2 * budget) == pytest.approx(bound / 2, rel=1e-4)
+
+
+def test_predicted_ratio_edge_cases():
+    assert np.isnan(predicted_variance_ratio([1.0, 2.0], [0.0, 0.0], [3, 3], 6))      # nothing to weigh
+    assert predicted_variance_ratio([1.0, 2.0], [0.5, 0.5], [6, 0], 6) == 0.0          # a live prompt starved

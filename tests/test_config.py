@@ -69,7 +69,7 @@ def test_saved_config_loads_back_equal(tmp_path, rng):
 
 
 @pytest.mark.parametrize("override, key, fragment", [
-    ("sampler.kind=adaptive", "sampler.kind", "must be one of"),
+    ("sampler.kind=thompson", "sampler.kind", "must be one of"),
     ("sampler.budget=0", "sampler.budget", ">= 1"),
     ("sampler.budget=ten", "sampler.budget", "must be an integer"),
     ("sampler.pilot_n=0", "sampler.pilot_n", ">= 1"),
@@ -206,8 +206,10 @@ def test_run_defaults_differ_from_library_defaults_only_where_declared():
     from gvm.config import RUN_TRAINER_DEFAULTS, SamplerConfig
     from gvm.toy import TinyModelConfig, build_tiny
 
-    library = {k: p.default for k, p in inspect.signature(allocate).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    library = {k: p.default for k, p in inspect.signature(allocate).parameters.items()
+               if p.kind is p.KEYWORD_ONLY and k not in ("objective", "held")}      # a setting / data of each call
     run = SamplerConfig().allocate_kwargs()
+    assert set(run) == set(library)
     assert {k for k in library if library[k] != run[k]} == {"max_per_prompt", "zero_accept"}
     trainer_run, trainer_lib = dataclasses.asdict(RunConfig().trainer), dataclasses.asdict(TrainerConfig(model_path="x"))
     differ = {k for k in trainer_lib if trainer_lib[k] != trainer_run[k]}

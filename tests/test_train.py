@@ -84,7 +84,8 @@ def test_stage2_counts_are_allocate_of_the_logged_statistics(run):
         budget = audit["budget"]
         assert budget == PROMPTS * PER_PROMPT and sum(audit["n"]) == budget
         if audit["allocation"] == "gvm":
-            expected = allocate(audit["G"], audit["p"], budget, **config.sampler.allocate_kwargs())
+            expected = allocate(audit["G"], audit["p"], budget, **config.sampler.allocate_kwargs(),
+                                objective=audit["objective"], held=audit["held"])
             assert np.array_equal(audit["n"], expected), audit
         else:  # nobody could take the budget: an even split, flagged
             assert max(audit["n"]) - min(audit["n"]) <= 1
@@ -102,7 +103,7 @@ def test_run_folder_holds_logs_plot_checkpoint_and_model(run):
     per_iteration = PROMPTS * PILOT + PROMPTS * PER_PROMPT                  # the pilot counts
     assert [r["samples_generated"] for r in rows] == [per_iteration * t for t in range(ITERATIONS + 1)]
     last = rows[-1]
-    assert set(last["time"]) >= {"pilot_rollout", "verify", "train_pilot", "allocate", "rollout", "train", "sync"}
+    assert set(last["time"]) >= {"pilot_rollout", "verify", "grad_norms", "allocate", "rollout", "train", "sync"}
     assert last["eval"]["num_prompts"] == EVAL_PROMPTS and sum(last["accept_hist"]) == PROMPTS
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert (run_dir / "accuracy.png").stat().st_size > 1000

@@ -9,7 +9,7 @@ from _seed import seed_for
 from gvm.algorithms import ALGORITHMS, advantages_with_baseline, get_algorithm
 from gvm.allocation import allocate
 from gvm.config import SamplerConfig
-from gvm.prompts import Prompt, PromptBatches
+from gvm.prompts import Prompt, PromptStream
 from gvm.engines.base import Completion
 from gvm.rollouts import RolloutBatch, deal
 from gvm.run_log import acceptance_histogram, format_header, format_row
@@ -130,17 +130,18 @@ def test_deal_gives_each_prompt_to_one_replica_and_balances(rng):
     assert all(part == sorted(part) for part in parts)
 
 
-def test_prompt_batches_are_deterministic_epochs(rng):
+def test_prompt_stream_is_deterministic_epochs(rng):
     prompts = [Prompt(key=i, problem=str(i), gold="1", token_ids=[1]) for i in range(int(rng.integers(10, 40)))]
     size, seed = int(rng.integers(1, 10)), int(rng.integers(0, 1000))
-    batches = PromptBatches(prompts, size, seed)
-    stream = [p.key for t in range(3 * len(prompts)) for p in batches.batch(t)]
-    again = PromptBatches(prompts, size, seed)
-    assert [p.key for p in again.batch(5)] == stream[5 * size: 6 * size]   # any batch, any order
-    epoch = stream[: len(prompts)]
-    assert sorted(epoch) == list(range(len(prompts)))                        # a permutation per epoch
-    with pytest.raises(ValueError, match="prompts_per_iteration"):
-        PromptBatches(prompts, len(prompts) + 1, 0)
+    stream = PromptStream(prompts, seed)
+    keys = [p.key for _ in range(3 * len(prompts)) for p in stream.take(size)]
+    assert stream.position == 3 * len(prompts) * size and stream.epochs == 3 * size
+    again = PromptStream(prompts, seed, position=5 * size)                   # resumed at any position
+    assert [p.key for p in again.take(size)] == keys[5 * size: 6 * size]
+    epoch = keys[: len(prompts)]
+    assert sorted(epoch) == list(range(len(prompts)))                          # a permutation per epoch
+    with pytest.raises(ValueError, match="at least one prompt"):
+        PromptStream([], 0)
 
 
 # ------------------------------------------------------------------------- allocation, table

@@ -1,0 +1,76 @@
+"""Reading accuracy-against-cost curves for the convergence benchmark: a monotone fit of each run's
+noisy held-out curve, the cost at which it first reaches a target, and a bootstrap interval over
+seeds of the paired ratio of those costs.
+
+Why a monotone fit: "the first evaluation at or above the target" is decided by single noisy
+evaluations (one evaluation's standard error against a difference of a few points), so a run that
+touches the target once by chance looks fast. Pool-adjacent-violators gives the closest
+non-decreasing curve in least squares; its crossing, interpolated linearly between evaluations,
+moves with the trend rather than with one point.
+"""
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from typing import Sequence
+
+
+def isotonic(values: Sequence[float]) -> list[float]:
+    """The non-decreasing sequence closest to `values` in least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []      # [mean, weight]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, w2), (m1, w1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2])
+    out: list[float] = []
+    for mean, weight in blocks:
+        out += [mean] * int(weight)
+    return out
+
+
+def cost_to_reach(costs: Sequence[float], accuracies: Sequence[float], target: float) -> float | None:
+    """The cost at which the monotone fit of (cost, accuracy) first reaches `target`, interpolated
+    linearly between evaluations; None when it never does."""
+    fit = isotonic(accuracies)
+    for i, value in enumerate(fit):
+        if value >= target - 1e-12:
+            if i == 0:
+                return float(costs[0])
+            low, high = fit[i - 1], value
+            share = (target - low) / (high - low) if high > low else 1.0
+            return float(costs[i - 1] + share * (costs[i] - costs[i - 1]))
+    return None
+
+
+def paired_ratios(baseline: dict, method: dict) -> dict:
+    """Per seed, baseline cost / method cost to the same target (> 1: the method is cheaper). A
+    method that never reaches the target gets baseline / (its whole cost): an upper bound on its
+    true ratio, so the summary can only be pessimistic about it."""
+    out = {}
+    for seed, base_cost in baseline.items():
+        if base_cost is None or seed not in method:
+            continue
+        reached, total = method[seed]
+        out[seed] = base_cost / (reached if reached is not None else total)
+    return out
+
+
+def bootstrap_median(values: Sequence[float], *, rounds: int = 10000, level: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """(median, low, high): the median and a percentile bootstrap interval over resampled values."""
+    values = list(values)
+    if not values:
+        return math.nan, math.nan, math.nan
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(rounds))
+    tail = (1.0 - level) / 2.0
+    return (statistics.median(values), medians[int(tail * (rounds - 1))], medians[int((1.0 - tail) * (rounds - 1))])
+
+
+def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
+    values = list(values)
+    if len(values) < 2:
+        return (values[0] if values else math.nan), math.nan
+    return statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))

@@ -1,0 +1,282 @@
+"""How each iteration spends its generation budget over prompts: the samplers, one per
+`sampler.kind`, each returning the samples to train on and counting every sample it generated.
+
+    uniform    n samples for each of the iteration's prompts (the RAFT / GRPO baselines).
+    dapo       DAPO's dynamic sampling (arXiv 2503.14476; verl's recipe, OpenRLHF's
+               --dynamic_filtering): n samples per drawn prompt, the groups that carry no gradient
+               dropped (RAFT: nothing accepted; GRPO: rewards all equal), more prompts drawn until
+               the training batch holds prompts_per_iteration groups.
+    gvm        the paper's two stages: a pilot of N' per prompt measures p_i and G_i, allocate()
+               shares the budget N, stage 2 samples n_i per prompt. The pilot is thrown away
+               (reuse_pilot_samples=false, the paper) or joins the training batch (default).
+    adaptive   ours: p_i is each prompt's posterior over all its samples (earlier visits decayed),
+               prompts with enough history skip the pilot, and the budget is spent in rounds: each
+               round re-estimates p_i, drops prompts whose samples would carry no gradient, and
+               allocates by the algorithm's objective on top of what each prompt holds. G_i comes
+               from the training backward of earlier visits (no extra gradient pass).
+
+Every sampler makes the same training batch shape for the loop: one call of the trainer per
+iteration (`pilot_step` trains gvm's pilot in a step of its own first, as before 2026-12).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gvm.allocation import NoEligiblePrompts, allocate, allocate_uniform
+from gvm.prompts import Prompt, PromptStream
+from gvm.rollouts import RolloutBatch
+from gvm.stages import allocate_counts, make_samples, pilot_grad_norms, train_on, train_summary
+from gvm.stats import PromptStats, pilot_sizes, posterior_mean, prob_useful, round_budgets
+
+
+@dataclass
+class SamplerContext:
+    """The parts of the run a sampler uses (gvm.run_setup builds it)."""
+    cfg: object                  # RunConfig
+    algorithm: object            # gvm.algorithms.Algorithm
+    rollouts: object             # gvm.rollouts.Rollouts
+    swap: object                 # gvm.colocation.Colocation
+    timer: object                # gvm.run_log.PhaseTimer
+    trainer: object              # gvm.trainer.PolicyTrainer
+    stream: PromptStream
+    stats: PromptStats
+
+
+@dataclass
+class Collected:
+    """One iteration's samples: what enters training, what it cost, and what the log records."""
+    batch: RolloutBatch          # the samples to train on, per prompt (verified)
+    generated: int               # every sample generated this iteration (pilot, dropped groups included)
+    counts_used: np.ndarray      # samples per prompt of `batch` that enter the estimate
+    estimates: tuple | None      # (p_i, G_i) the sampler worked with, for R_pred (None: none)
+    audit: dict                  # the allocations.jsonl record
+    row: dict = field(default_factory=dict)   # metrics of the iteration's row
+    baseline: RolloutBatch | None = None      # rewards that join group statistics but are not trained on
+    useful_trained: int = 0      # gradient-carrying samples the sampler trained on itself (pilot_step)
+
+
+class Sampler:
+    """A sampler of the registry (see the module docstring)."""
+
+    name = ""
+
+    def __init__(self, context: SamplerContext) -> None:
+        self.ctx = context
+        self.cfg = context.cfg.sampler
+        self.size = context.cfg.data.prompts_per_iteration
+
+    def collect(self, iteration: int) -> Collected:
+        raise NotImplementedError
+
+    @property
+    def objective(self) -> str:
+        return self.cfg.objective_for(self.ctx.cfg.algorithm)
+
+    def generate(self, prompts: list[Prompt], counts, phase: str) -> RolloutBatch:
+        """counts[i] samples of prompts[i], verified; the engine holds the accelerator meanwhile."""
+        ctx = self.ctx
+        with ctx.swap.generation(), ctx.timer(phase):
+            batch = ctx.rollouts.generate(prompts, counts, ctx.cfg.rollout.sampling)
+        with ctx.timer("verify"):
+            ctx.rollouts.score(batch)
+        return batch
+
+    def observe_training(self, keys: list[int], owners: list[int], norms: list[float]) -> None:
+        """The trained samples' gradient norms (by owning prompt); samplers that keep G_i from
+        training backwards record them."""
+
+
+SAMPLERS: dict[str, type[Sampler]] = {}
+
+
+def register(cls: type[Sampler]) -> type[Sampler]:
+    SAMPLERS[cls.name] = cls
+    return cls
+
+
+def make_sampler(context: SamplerContext) -> Sampler:
+    return SAMPLERS[context.cfg.sampler.kind](context)
+
+
+def merge(first: RolloutBatch, second: RolloutBatch) -> RolloutBatch:
+    """The samples of two verified batches over the same prompts, prompt by prompt."""
+    return RolloutBatch(first.prompts, [a + b for a, b in zip(first.completions, second.completions)],
+                        [a + b for a, b in zip(first.rewards, second.rewards)])
+
+
+def outcome_counts(batch: RolloutBatch) -> tuple[np.ndarray, np.ndarray]:
+    """(accepted, rejected) samples per prompt of a verified batch (accepted: reward > 0, as RAFT
+    selects them)."""
+    accepted = np.array([sum(r > 0 for r in row) for row in batch.rewards], dtype=np.float64)
+    return accepted, np.array([len(row) for row in batch.rewards], dtype=np.float64) - accepted
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@register
+class UniformSampler(Sampler):
+    name = "uniform"
+
+    def collect(self, iteration: int) -> Collected:
+        prompts = self.ctx.stream.take(self.size)
+        counts = allocate_uniform(len(prompts), self.cfg.stage2_budget(self.size))
+        batch = self.generate(prompts, counts, "rollout")
+        audit = {"keys": [p.key for p in prompts], "n": counts}
+        return Collected(batch, batch.num_samples, counts, None, audit)
+
+
+@register
+class DapoSampler(Sampler):
+    name = "dapo"
+
+    def collect(self, iteration: int) -> Collected:
+        algorithm, n = self.ctx.algorithm, self.cfg.n_per_prompt
+        kept: list[tuple[Prompt, list, list]] = []
+        generated, drawn, rounds = 0, [], 0
+        while len(kept) < self.size and rounds < self.cfg.dapo_max_rounds:
+            prompts = self.ctx.stream.take(self.size)
+            batch = self.generate(prompts, n, "rollout")
+            generated += batch.num_samples
+            drawn += [p.key for p in prompts]
+            kept += [(p, c, r) for p, c, r in zip(batch.prompts, batch.completions, batch.rewards)
+                     if algorithm.group_carries_gradient(r)]
+            rounds += 1
+        kept = kept[: self.size]     # the training batch is full; the rest was generated and is counted
+        batch = RolloutBatch([k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept])
+        counts = np.array(batch.counts, dtype=np.int64)
+        audit = {"keys": [p.key for p in batch.prompts], "n": counts, "drawn": drawn, "rounds": rounds}
+        return Collected(batch, generated, counts, None, audit,
+                         row={"prompts_drawn": len(drawn), "rounds": rounds})
+
+
+@register
+class GVMSampler(Sampler):
+    """The paper's Algorithm 1, stages 1 and 2."""
+    name = "gvm"
+
+    def collect(self, iteration: int) -> Collected:
+        ctx, cfg = self.ctx, self.cfg
+        prompts = ctx.stream.take(self.size)
+        keys = [p.key for p in prompts]
+        # Stage 1: N' samples per prompt measure the acceptance rate p_i ...
+        pilot = self.generate(prompts, cfg.pilot_n, "pilot_rollout")
+        pilot_data = make_samples(pilot, ctx.algorithm, f"{iteration}/pilot")
+        # ... and their gradients the scale G_i (from training on them first with pilot_step).
+        trained_norms, row, useful = {}, {}, 0
+        with ctx.swap.training():
+            if cfg.pilot_step:
+                with ctx.timer("train_pilot"):
+                    result = train_on(ctx.trainer, pilot_data, ctx.algorithm, epochs=ctx.cfg.epochs,
+                                      mismatch=ctx.cfg.rollout.mismatch, rng_key=[ctx.cfg.seed, iteration, 1])
+                trained_norms, row["train_pilot"] = result["grad_norms"], train_summary(result)
+                useful = sum(sample.advantage != 0 for sample in pilot_data.samples)
+            with ctx.timer("grad_norms"):  # the accepted pilot samples no training backward measured
+                grad_now = pilot_grad_norms(ctx.trainer, pilot_data, trained_norms, len(prompts))
+        accept_now = pilot.accept_rates()
+        accept, grad = ctx.stats.update(keys, accept_now, grad_now, iteration)
+        # Allocate N stage-2 samples: n_i proportional to G_i / sqrt(p_i + alpha p_i^(1 - beta))
+        # (the objective's weights), on top of the pilot when it joins the training batch.
+        joins = cfg.reuse_pilot_samples and not cfg.pilot_step
+        held = np.array(pilot.counts) if joins else None
+        with ctx.timer("allocate"):
+            counts, how = allocate_counts(grad, accept, cfg.stage2_budget(self.size), cfg, objective=self.objective,
+                                          held=held)
+        # Stage 2: n_i samples per prompt, verified.
+        batch = self.generate(prompts, counts, "rollout")
+        audit = {"keys": keys, "n": counts, "p_pilot": accept_now, "G_pilot": grad_now, "p": accept, "G": grad,
+                 "allocation": how, "objective": self.objective, "allocate_kwargs": cfg.allocate_kwargs(),
+                 "held": held}
+        row["pilot_accept_rate"] = float(np.mean(accept_now))
+        used = counts + (held if joins else 0)
+        return Collected(merge(pilot, batch) if joins else batch, pilot.num_samples + batch.num_samples,
+                         np.asarray(used, dtype=np.int64), (accept, grad), audit, row,
+                         baseline=pilot if cfg.pilot_step else None, useful_trained=useful)
+
+
+@register
+class AdaptiveSampler(Sampler):
+    """Ours (see the module docstring and docs/allocation.md)."""
+    name = "adaptive"
+
+    def collect(self, iteration: int) -> Collected:
+        ctx, cfg = self.ctx, self.cfg
+        prompts = ctx.stream.take(self.size)
+        keys = [p.key for p in prompts]
+        ctx.stats.visit(keys, iteration, cfg.history_decay)
+        records = [ctx.stats.record(k) for k in keys]
+        hist_s = np.array([r.successes for r in records])
+        hist_f = np.array([r.failures for r in records])
+        budget = cfg.stage2_budget(self.size)
+        batch = RolloutBatch(prompts, [[] for _ in prompts], [[] for _ in prompts])
+        # The pilot, only for prompts whose history is too thin to stand in for one, and at most
+        # half the budget (the rounds need the rest).
+        pilot_n = min(cfg.pilot_n, max(1, budget // (2 * max(len(prompts), 1))))
+        pilot = pilot_sizes(hist_s + hist_f, pilot_n, cfg.amortise_after)
+        spent = 0
+        if pilot.sum() > 0:
+            batch = merge(batch, self.generate(prompts, pilot, "pilot_rollout"))
+            spent += int(pilot.sum())
+        # The rest in rounds: re-estimate, keep the prompts whose samples would carry gradient.
+        rounds_log = []
+        for round_budget in round_budgets(budget - spent, cfg.rounds):
+            if round_budget <= 0:
+                continue
+            counts, live = self._allocate_round(batch, hist_s, hist_f, records, round_budget)
+            rounds_log.append({"n": counts, "live": live})
+            if counts.sum() == 0:
+                break                 # nothing worth sampling: the budget is not spent
+            batch = merge(batch, self.generate(prompts, counts, "rollout"))
+            spent += int(counts.sum())
+        held_s, held_f = outcome_counts(batch)
+        ctx.stats.count_outcomes(keys, held_s, held_f)
+        rates = posterior_mean(hist_s + held_s, hist_f + held_f, cfg.prior)
+        grad = self._grad_scales(records)
+        audit = {"keys": keys, "n": np.array(batch.counts), "pilot": pilot, "rounds": rounds_log,
+                 "p": rates, "G": grad, "objective": self.objective, "prior_counts": [hist_s, hist_f]}
+        row = {"rounds": len(rounds_log), "pilot_samples": int(pilot.sum())}
+        return Collected(batch, spent, np.array(batch.counts, dtype=np.int64), (rates, grad), audit, row)
+
+    def _allocate_round(self, batch: RolloutBatch, hist_s, hist_f, records, round_budget: int):
+        """One round's new samples per prompt: the live prompts (chance of carrying gradient, with a
+        fair share of the round, at least min_useful) share the round by the objective, on top of
+        what they hold; the others get none."""
+        cfg, algorithm = self.cfg, self.ctx.algorithm
+        held_s, held_f = outcome_counts(batch)
+        held = held_s + held_f
+        fair = np.full(len(batch.prompts), max(1, round_budget // max(len(batch.prompts), 1)))
+        useful = prob_useful(hist_s, hist_f, held_s, held_f, fair, prior=cfg.prior,
+                             need_both=algorithm.needs_both_outcomes)
+        live = useful >= cfg.min_useful
+        rates = posterior_mean(hist_s + held_s, hist_f + held_f, cfg.prior)
+        # Prompts that are not live enter the objective as p = 0 (RAFT) or 0 / 1 (GRPO): no weight.
+        rates_for_objective = np.where(live, np.clip(rates, 1e-6, 1 - 1e-6), 0.0)
+        grad = self._grad_scales(records)
+        try:
+            counts = allocate(grad, rates_for_objective, round_budget, objective=self.objective, held=held,
+                              zero_accept="skip", alpha=cfg.alpha, beta=cfg.beta,
+                              max_per_prompt=cfg.max_per_prompt)
+        except NoEligiblePrompts:
+            counts = np.zeros(len(batch.prompts), dtype=np.int64)
+        return counts, live
+
+    def _grad_scales(self, records) -> np.ndarray:
+        """G_i from earlier training backwards; prompts never trained on take the median of those
+        known (1 when none is), so they are neither favoured nor starved."""
+        known = np.array([r.g for r in records], dtype=np.float64)
+        measured = known[known > 0]
+        fill = float(np.median(measured)) if measured.size else 1.0
+        return np.where(known > 0, known, fill)
+
+    def observe_training(self, keys: list[int], owners: list[int], norms: list[float]) -> None:
+        by_key: dict[int, list[float]] = {}
+        for owner, value in zip(owners, norms):
+            if value is not None and math.isfinite(value):
+                by_key.setdefault(keys[owner], []).append(value)
+        self.ctx.stats.observe_norms(by_key)
+
+
+SAMPLER_NAMES = tuple(SAMPLERS)
