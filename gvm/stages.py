@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # Keys of a train_step result that the metrics row keeps.
 TRAIN_SUMMARY_KEYS = ("loss", "grad_norm", "lr", "clip_frac", "ratio_mean", "approx_kl", "kl_ref", "num_samples",
-                      "num_tokens", "grad_norms_exact_frac", "time_s")
+                      "num_tokens", "grad_norms_exact_frac", "time_s", "step")
 
 
 @dataclass

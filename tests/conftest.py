@@ -68,6 +68,15 @@ def module_seed(request) -> int:
 
 
 @pytest.fixture(scope="session")
+def warm_model(tmp_path_factory) -> Path:
+    """The tiny model after a short warm start on one-digit sums (tests/_tiny_runs.py), built once."""
+    pytest.importorskip("deepspeed")
+    from _tiny_runs import build_warm_model
+
+    return build_warm_model(tmp_path_factory.mktemp("warm"), seed_for("warm_model"))
+
+
+@pytest.fixture(scope="session")
 def eval_dir() -> Path:
     """`../shared/data/eval`; tests that need it skip when it is absent (a user's machine)."""
     if not EVAL_DIR.is_dir():

@@ -1,0 +1,84 @@
+"""The samplers (gvm.samplers) in the real loop on the CPU: what each generates, what it trains on,
+that every generated sample is counted, and that every sampler makes the same optimizer steps per
+iteration. A small training set makes prompts come back, so the adaptive sampler's history is
+used; the per-rule arithmetic is tested in tests/test_posterior.py and tests/test_allocation.py."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _tiny_runs import QUIET, TASK, TRAIN, run_script
+
+from gvm.allocation import allocate
+from gvm.config import load_config
+
+pytest.importorskip("deepspeed")
+
+M, N, PILOT, ITERATIONS = 8, 4, 2, 4
+SMALL = [*TASK, *QUIET, "task.num_train=16", f"iterations={ITERATIONS}", "eval.every=0", "eval.k=1",
+         f"data.prompts_per_iteration={M}", f"sampler.n_per_prompt={N}", f"sampler.pilot_n={PILOT}",
+         "rollout.sampling.max_tokens=16", "rollout.engine=hf", "trainer.optimizer_steps_per_call=2"]
+
+
+def _run(tmp_path: Path, warm_model: Path, seed: int, *overrides: str) -> tuple[list[dict], list[dict], Path]:
+    run_script(TRAIN, [f"run_root={tmp_path}", "name=run", f"model={warm_model}", f"seed={seed}", *SMALL, *overrides])
+    run_dir = tmp_path / "run"
+    read = lambda name: [json.loads(x) for x in (run_dir / name).read_text().splitlines() if x.strip()]  # noqa: E731
+    return read("metrics.jsonl")[1:], read("allocations.jsonl"), run_dir
+
+
+def test_uniform_generates_n_per_prompt(tmp_path, warm_model, seed):
+    rows, audits, _ = _run(tmp_path, warm_model, seed, "sampler.kind=uniform")
+    assert [r["samples"] for r in rows] == [M * N] * ITERATIONS
+    assert all(a["n"] == [N] * M for a in audits) and all(r["R_pred"] == 1.0 for r in rows)
+    assert [r["train"]["step"] for r in rows] == [2 * (t + 1) for t in range(ITERATIONS)]   # 2 steps an iteration
+
+
+@pytest.mark.parametrize("algorithm", ["raft++", "grpo"])
+def test_dapo_trains_only_groups_with_gradient_and_counts_all_it_drew(tmp_path, warm_model, seed, algorithm):
+    rows, audits, _ = _run(tmp_path, warm_model, seed, "sampler.kind=dapo", f"algorithm={algorithm}")
+    for row, audit in zip(rows, audits):
+        assert row["samples"] == N * len(audit["drawn"]) == N * M * audit["rounds"]    # every drawn group counted
+        assert len(audit["keys"]) <= M and row["prompts_drawn"] == len(audit["drawn"])
+        for accepted in audit["accepted"]:                                          # the kept groups
+            assert accepted > 0 if algorithm == "raft++" else 0 < accepted < N
+        useful = N * len(audit["keys"]) if algorithm == "grpo" else sum(audit["accepted"])   # GRPO: all of a kept group
+        assert row["useful_fraction"] == pytest.approx(useful / row["samples"])
+    assert [r["train"]["step"] for r in rows if r["train"]][-1] <= 2 * ITERATIONS
+
+
+def test_gvm_trains_its_pilot_with_stage_two_in_one_step(tmp_path, warm_model, seed):
+    rows, audits, run_dir = _run(tmp_path, warm_model, seed, "sampler.kind=gvm")
+    config = load_config(run_dir / "config.yaml")
+    for row, audit in zip(rows, audits):
+        assert row["samples"] == M * PILOT + M * N                                  # pilot + budget N, all counted
+        assert audit["held"] == [PILOT] * M
+        if audit["allocation"] == "gvm":
+            expected = allocate(audit["G"], audit["p"], M * N, **config.sampler.allocate_kwargs(),
+                                objective=audit["objective"], held=audit["held"])
+            assert audit["n"] == expected.tolist()
+        assert row["n_per_prompt"]["min"] >= PILOT                                  # held + new samples enter
+    assert [r["train"]["step"] for r in rows] == [2 * (t + 1) for t in range(ITERATIONS)]   # one train call each
+
+
+def test_gvm_pilot_step_is_the_old_two_calls(tmp_path, warm_model, seed):
+    rows, _, _ = _run(tmp_path, warm_model, seed, "sampler.kind=gvm", "sampler.pilot_step=true")
+    assert rows[-1]["train"]["step"] > 2 * ITERATIONS                                # pilot steps come on top
+
+
+@pytest.mark.parametrize("algorithm", ["raft++", "grpo"])
+def test_adaptive_amortises_its_pilot_and_never_overspends(tmp_path, warm_model, seed, algorithm):
+    budget = M * N
+    rows, audits, _ = _run(tmp_path, warm_model, seed, "sampler.kind=adaptive", f"algorithm={algorithm}",
+                           f"sampler.budget={budget}")
+    # 16 training prompts, 8 per iteration: iterations 1-2 see each once (a pilot), 3-4 come back
+    assert rows[0]["pilot_samples"] == M * PILOT and rows[1]["pilot_samples"] == M * PILOT
+    for row, audit in zip(rows, audits):
+        assert row["samples"] <= budget and row["samples"] == sum(audit["n"])
+        assert audit["n"] == list(np.add(audit["pilot"], np.sum([r["n"] for r in audit["rounds"]] or [[0] * M], 0)))
+        for round_ in audit["rounds"]:        # only live prompts are sampled in a round
+            assert all(n == 0 for n, live in zip(round_["n"], round_["live"]) if not live)
+        # the pilot goes exactly to the prompts whose decayed history is thinner than amortise_after (2)
+        history = np.add(*audit["prior_counts"])
+        assert audit["pilot"] == [0 if h >= 2 else PILOT for h in history]
+    assert sum(r["pilot_samples"] for r in rows[2:]) <= sum(r["pilot_samples"] for r in rows[:2])
