@@ -36,8 +36,9 @@ class Problem:
     solution: str
 
     def to_row(self, index: int) -> dict:
-        """The row format `gvm.data.load_prompts` returns, so both feed the same pipeline."""
-        return {"index": index, "problem": self.problem, "answer": self.answer,
+        """The row format `gvm.data.load_prompts` returns, so both feed the same pipeline (`line`:
+        where it stands in the split's JSONL file)."""
+        return {"index": index, "line": index + 1, "problem": self.problem, "answer": self.answer,
                 "level": self.level, "solution": self.solution}
 
 

@@ -276,8 +276,10 @@ class RunConfig:
     iterations: int = 20                 # prompt batches
     epochs: int = 1                      # passes over each iteration's samples
     seed: int = 0                        # model init, data order, sampling (logged)
-    resume: bool = False                 # continue from the last checkpoint in the run folder
-    checkpoint_every: int = 0            # iterations between DeepSpeed checkpoints; 0: at the end only
+    resume: bool = False                 # continue from the newest complete checkpoint in the run folder
+    overwrite: bool = False              # delete what an earlier run left in the run folder, then start afresh
+    checkpoint_every: int = 0            # iterations between checkpoints; 0: at the end only
+    checkpoint_keep: int = 2             # complete checkpoints kept (older ones removed); 0: all
     data: DataConfig = DataConfig()
     task: TaskConfig = TaskConfig()
     tiny: TinyModelConfig = TinyModelConfig()
@@ -297,6 +299,9 @@ class RunConfig:
         require(self.iterations >= 0, "iterations", self.iterations, "must be >= 0")
         require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
         require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0")
+        require(self.checkpoint_keep >= 0, "checkpoint_keep", self.checkpoint_keep, "must be >= 0 (0 keeps all)")
+        require(not (self.resume and self.overwrite), "overwrite", self.overwrite,
+                "cannot be true with resume=true: continue the run (resume) or delete it (overwrite), not both")
         expected = {"model_path": self.model, "algorithm": ALGORITHMS[self.algorithm].loss, "seed": self.seed,
                     "temperature": self.rollout.sampling.temperature}
         for name, value in expected.items():
@@ -353,6 +358,35 @@ class RunConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=120)
+
+
+# Keys a resumed run may change: its length, its outputs and their cadence. Everything else decides
+# what the run is (model, algorithm, sampler, data, task, tiny model, seed, batch sizes, lr, ...).
+RESUMABLE_KEYS = ("name", "run_root", "iterations", "resume", "overwrite", "checkpoint_every", "checkpoint_keep",
+                  "eval", "log")
+
+
+def resume_differences(cfg: RunConfig, saved: dict) -> tuple[list[str], list[str]]:
+    """(keys that differ and may, keys that differ and must not) between `cfg` and the resolved
+    config a checkpoint was written with, each as "key: saved -> now"."""
+    allowed, refused = [], []
+    now, before = _flat(cfg.to_dict()), _flat(saved)
+    for key in sorted(set(now) | set(before)):
+        if now.get(key) == before.get(key):
+            continue
+        line = f"{key}: {before.get(key)!r} -> {now.get(key)!r}"
+        (allowed if key.split(".")[0] in RESUMABLE_KEYS else refused).append(line)
+    return allowed, refused
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key not in ("vllm", "hf"):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _plain(value: Any) -> Any:

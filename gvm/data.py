@@ -1,9 +1,10 @@
 """Prompts in, prompts out: read problem/answer rows from a file or the Hugging Face hub, and
 turn a problem into the text the policy model sees.
 
-Every row is a dict `{"index", "problem", "answer", ...other fields}`. `index` is the row's
-position in the source (counting skipped rows), so it stays stable when rows are filtered and
-can key per-prompt statistics. `answer` is kept raw (a string, a number or a list, as the
+Every row is a dict `{"index", "line", "problem", "answer", ...other fields}`. `index` is the
+row's position in the source (counting skipped rows, from 0), so it stays stable when rows are
+filtered and can key per-prompt statistics; `line` is where it stands in the file (the line of
+a JSONL file, the record of JSON or Parquet, from 1), which every message names. `answer` is kept raw (a string, a number or a list, as the
 source has it); `gvm.verify.normalize_gold` turns it into a gold answer.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ def load_prompts(source: str | Path, problem_key: str = PROBLEM_KEY, answer_key:
     "train" there and must be None for a file).
 
     The problem and answer are renamed to "problem" and "answer"; other fields are kept (a
-    field that would collide with "index", "problem" or "answer" is kept as "source_<name>").
+    field that would collide with "index", "line", "problem" or "answer" is kept as "source_<name>").
     Rows without a non-empty problem string or an answer are skipped with one warning.
     Raises FileNotFoundError when the source is neither a file nor a reachable dataset, and
     ValueError naming the file and line when a file is not what its suffix says.
@@ -68,7 +69,7 @@ def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for row in rows:
-            record = {key: value for key, value in row.items() if key != "index"}
+            record = {key: value for key, value in row.items() if key not in ("index", "line")}
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
 
@@ -192,7 +193,7 @@ def _to_rows(records: list[tuple[int, dict]], problem_key: str, answer_key: str,
         if not (isinstance(problem, str) and problem.strip()) or not _has_answer(answer):
             skipped.append(position)
             continue
-        row = {"index": index, "problem": problem, "answer": answer}
+        row = {"index": index, "line": position, "problem": problem, "answer": answer}
         for key, value in record.items():
             if key in (problem_key, answer_key):
                 continue

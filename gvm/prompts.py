@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from gvm.arithmetic import make_split, with_slips
-from gvm.data import format_prompt, load_prompts, write_jsonl
+from gvm.data import SHOWN_SKIPPED, format_prompt, load_prompts, write_jsonl
 from gvm.verify import normalize_gold
 
 
@@ -26,6 +26,7 @@ class Prompt:
     gold: str | list[str]        # normalised gold answer(s)
     token_ids: list[int]         # the formatted prompt, tokenized
     row: dict = field(repr=False, default_factory=dict)  # the source row (solution, level, ...)
+    too_long: bool = False       # over the prompt budget: evaluation counts it unanswered, training drops it
 
 
 def encode_prompt(problem: str, tokenizer: Any, style: str) -> list[int]:
@@ -36,27 +37,57 @@ def encode_prompt(problem: str, tokenizer: Any, style: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=not has_template))
 
 
+def row_line(row: dict, position: int) -> int:
+    """The row's line in its file (its record number for JSON and Parquet), counted from 1."""
+    return int(row.get("line", position + 1))
+
+
+def _lines(numbers: list[int]) -> str:
+    shown = ", ".join(map(str, numbers[:SHOWN_SKIPPED]))
+    return f"line{'s' if len(numbers) > 1 else ''} {shown}{', ...' if len(numbers) > SHOWN_SKIPPED else ''}"
+
+
 def to_prompts(rows: list[dict], tokenizer: Any, style: str, *, max_tokens: int | None = None,
-               name: str = "data") -> list[Prompt]:
-    """Rows -> Prompts (key = the row's position in `rows`); prompts over max_tokens are dropped
-    with one warning. Raises ValueError naming the row when a gold answer is unusable."""
-    prompts, too_long = [], 0
+               name: str = "data", keep_too_long: bool = False) -> list[Prompt]:
+    """Rows -> Prompts (key = the row's position in `rows`). A row the tokenizer cannot encode is
+    skipped; a prompt over `max_tokens` is dropped (training) or kept marked too_long
+    (`keep_too_long`, evaluation: it counts as unanswered); each with one warning naming the
+    lines. Raises ValueError naming the line when a gold answer is unusable."""
+    prompts, too_long, unencodable = [], [], []
     for position, row in enumerate(rows):
         try:
             gold = normalize_gold(row["answer"])
         except ValueError as error:
-            raise ValueError(f"{name}: row {row.get('index', position)} has an unusable answer: {error}") from None
-        ids = encode_prompt(row["problem"], tokenizer, style)
-        if max_tokens is not None and len(ids) > max_tokens:
-            too_long += 1
+            raise ValueError(f"{name}: line {row_line(row, position)} has an unusable answer: {error}") from None
+        try:
+            ids = encode_prompt(row["problem"], tokenizer, style)
+        except (TypeError, ValueError, UnicodeError):    # e.g. a lone surrogate the tokenizer refuses
+            unencodable.append(row_line(row, position))
             continue
-        prompts.append(Prompt(key=position, problem=row["problem"], gold=gold, token_ids=ids, row=row))
+        over = max_tokens is not None and len(ids) > max_tokens
+        if over:
+            too_long.append(row_line(row, position))
+            if not keep_too_long:
+                continue
+        prompts.append(Prompt(key=position, problem=row["problem"], gold=gold, token_ids=ids, row=row, too_long=over))
+    if unencodable:
+        warnings.warn(f"{name}: skipped {len(unencodable)} of {len(rows)} rows the tokenizer cannot encode "
+                      f"({_lines(unencodable)})", stacklevel=2)
     if too_long:
-        warnings.warn(f"{name}: dropped {too_long} of {len(rows)} prompts longer than {max_tokens} tokens "
-                      f"(data.max_prompt_tokens)", stacklevel=2)
-    if not prompts:
-        raise ValueError(f"{name}: no prompt left (all longer than data.max_prompt_tokens={max_tokens}?)")
+        what = "kept as unanswered (scored 0)" if keep_too_long else "dropped"
+        warnings.warn(f"{name}: {len(too_long)} of {len(rows)} prompts are longer than the prompt budget of "
+                      f"{max_tokens} tokens, {what} ({_lines(too_long)}); the budget is the smaller of "
+                      f"data.max_prompt_tokens and the model's context minus the response tokens", stacklevel=2)
+    if not any(not p.too_long for p in prompts):
+        raise ValueError(f"{name}: no prompt fits the prompt budget of {max_tokens} tokens (of {len(rows)} rows)")
     return prompts
+
+
+def prompt_budget(max_prompt_tokens: int, context: int | None, response_tokens: int) -> int:
+    """Tokens a prompt may have: data.max_prompt_tokens, and room for the response in the context."""
+    if context is None:
+        return max_prompt_tokens
+    return max(0, min(max_prompt_tokens, context - response_tokens))
 
 
 def load_rows(cfg, data_dir: Path | None = None) -> tuple[list[dict], list[dict]]:

@@ -90,12 +90,14 @@ class RunLog:
     """Rank 0's writer; see the module docstring."""
 
     def __init__(self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = True, table: bool = True,
-                 plot: bool = True, fresh: bool = True) -> None:
+                 plot: bool = True, resume_at: int | None = None) -> None:
+        """`resume_at`: the iteration of the checkpoint a resumed run continues from; the log files
+        are cut back to it (and TensorBoard told to drop later steps), so each iteration appears once."""
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.table = table and enabled
         self.plot_enabled = plot and enabled
-        self.history: list[dict] = []   # metrics rows, for the plot
+        self.history: list[dict] = []   # metrics rows, for the plot and the summary
         self._writer = None
         self._header_printed = False
         if not enabled:
@@ -103,15 +105,14 @@ class RunLog:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.allocations_path = self.run_dir / "allocations.jsonl"
-        if fresh:
-            for path in (self.metrics_path, self.allocations_path):
-                path.unlink(missing_ok=True)
-        elif self.metrics_path.is_file():
-            self.history = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        if resume_at is not None:
+            self.history = _cut_back(self.metrics_path, resume_at)
+            _cut_back(self.allocations_path, resume_at)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"),
+                                         purge_step=None if resume_at is None else resume_at + 1)
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -190,6 +191,25 @@ def plot_accuracy(curves: dict[str, list[tuple[float, float, float]]], path: Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
+
+
+def _cut_back(path: Path, iteration: int) -> list[dict]:
+    """Keep the rows of a JSONL log up to `iteration` (rewritten atomically); returns them. A last
+    line cut short by a kill is dropped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("iteration", 0) <= iteration:
+            rows.append(row)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+    return rows
 
 
 def _flatten(row: dict, prefix: str = "") -> dict:

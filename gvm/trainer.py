@@ -517,13 +517,14 @@ class PolicyTrainer:
                 grads[name] = grad.detach().float().cpu().clone()
         return grads
 
-    def save_checkpoint(self, directory: str | Path) -> Path:
+    def save_checkpoint(self, directory: str | Path, tag: str | None = None, save_latest: bool = True) -> Path:
         """DeepSpeed checkpoint (weights, AdamW state, LR schedule) plus the step counter, the
-        config and every rank's python/numpy/torch RNG state, under directory/step<k>."""
+        config and every rank's python/numpy/torch RNG state, under directory/<tag> (default
+        step<k>); `save_latest=False` leaves directory/latest alone (gvm.loop_state names it)."""
         self.reload()  # the states must be on the device
         directory = Path(directory)
-        tag = f"step{self.step}"
-        self.engine.save_checkpoint(str(directory), tag=tag,
+        tag = tag or f"step{self.step}"
+        self.engine.save_checkpoint(str(directory), tag=tag, save_latest=save_latest,
                                     client_state={"trainer_step": self.step, "config": self.config.to_dict()})
         torch.save(_rng_state(), directory / tag / RNG_FILE.format(rank=self.rank))
         gdist.barrier()

@@ -30,7 +30,8 @@ def random_records(rng: random.Random, n: int) -> list[dict]:
 
 
 def expected_rows(records: list[dict]) -> list[dict]:
-    return [{"index": i, **record} for i, record in enumerate(records)]
+    """What load_prompts returns: the record, its index (from 0) and its line (from 1; no blank lines)."""
+    return [{"index": i, "line": i + 1, **record} for i, record in enumerate(records)]
 
 
 def evaluate(expression: str) -> int:
@@ -75,7 +76,7 @@ def test_custom_keys_are_renamed_and_colliding_fields_kept(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text(json.dumps({"question": "What is 2+2?", "gold": "4", "problem": "old", "index": 9}))
     rows = load_prompts(path, problem_key="question", answer_key="gold")
-    assert rows == [{"index": 0, "problem": "What is 2+2?", "answer": "4",
+    assert rows == [{"index": 0, "line": 1, "problem": "What is 2+2?", "answer": "4",
                      "source_problem": "old", "source_index": 9}]
 
 
@@ -95,7 +96,7 @@ def test_rows_without_problem_or_answer_are_skipped_with_one_warning_naming_line
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rows = load_prompts(path)
-    assert [(r["index"], r["problem"]) for r in rows] == [(0, "a"), (2, "c")]
+    assert [(r["index"], r["line"], r["problem"]) for r in rows] == [(0, 1, "a"), (2, 4, "c")]
     assert len(caught) == 1
     message = str(caught[0].message)
     assert "gaps.jsonl" in message and "skipped 4 of 6" in message
@@ -262,7 +263,7 @@ def test_split_is_disjoint_unique_and_in_row_format():
     assert len(set(train_problems)) == 600 and len(set(eval_problems)) == 150
     assert not set(train_problems) & set(eval_problems)
     assert [row["index"] for row in train] == list(range(600))
-    assert set(train[0]) == {"index", "problem", "answer", "level", "solution"}
+    assert set(train[0]) == {"index", "line", "problem", "answer", "level", "solution"}
     assert {row["level"] for row in held_out} == set(LEVELS)
     assert make_split(600, 150, seed=seed) == (train, held_out)
     assert make_split(10, 150, seed=seed)[1] == held_out  # eval does not depend on num_train

@@ -97,6 +97,15 @@ class PrivateRNG:
     def _capture() -> tuple[torch.Tensor, torch.Tensor | None]:
         return torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None
 
+    def state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Where the stream stands (saved with checkpoints, so a resumed run samples the same)."""
+        cpu, cuda = self._state
+        return cpu.clone(), None if cuda is None else cuda.clone()
+
+    def load(self, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        cpu, cuda = state
+        self._state = (cpu.clone(), None if cuda is None or not torch.cuda.is_available() else cuda.clone())
+
     @contextlib.contextmanager
     def active(self, seed: int | None = None) -> Iterator[None]:
         """Inside, the global torch RNG is this stream (or a fresh one from `seed`, which
@@ -118,7 +127,8 @@ class Engine(ABC):
     """A generator of completions that can take new weights and give its memory back.
 
     Colocated use, per iteration (gvm.colocation): generate -> sleep -> train -> update_weights
-    (wakes the engine) -> generate. `close()` frees the engine for good.
+    (wakes the engine) -> generate. `close()` frees the engine for good. Engines sample unseeded
+    requests from their own `PrivateRNG` held as `self._rng` (sampling_state saves it).
     """
 
     @abstractmethod
@@ -153,6 +163,13 @@ class Engine(ABC):
     def needs_weights(self) -> bool:
         """The last sleep dropped the weights: only `update_weights` makes the engine usable again."""
         return False
+
+    def sampling_state(self):
+        """The engine's own random stream (unseeded sampling draws from it), for checkpoints."""
+        return self._rng.state()
+
+    def load_sampling_state(self, state) -> None:
+        self._rng.load(state)
 
     @abstractmethod
     def close(self) -> None:
