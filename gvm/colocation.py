@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+from gvm.failpoints import failpoint
 from gvm.rollouts import Rollouts
 
 
@@ -55,5 +56,6 @@ class Colocation:
         """Push the trainer's current weights into the engine (wakes it). Collective."""
         with self.timer("sync") if self.timer is not None else contextlib.nullcontext():
             self.trainer.reload()            # ZeRO-3 gathers the weights from the trainer's shards
+            failpoint("sync")
             self.rollouts.push_weights(self.trainer)
         self._synced_step = self.trainer.step

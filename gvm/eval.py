@@ -28,8 +28,8 @@ from gvm.config_build import ConfigError, build, parse_override, set_dotted
 from gvm.distributed import add_launcher_args
 from gvm.data import ANSWER_KEY, PROBLEM_KEY, PROMPT_STYLES, load_prompts
 from gvm.engines.base import SamplingConfig
-from gvm.engines.factory import AUTO, ENGINE_NAMES, checkpoint_dtype, model_stop_ids, resolve_engine
-from gvm.prompts import to_prompts
+from gvm.engines.factory import AUTO, ENGINE_NAMES, checkpoint_dtype, context_length, model_stop_ids, resolve_engine
+from gvm.prompts import prompt_budget, to_prompts
 from gvm.rollouts import Rollouts
 from gvm.verify import Verifier, VerifierConfig
 
@@ -44,6 +44,7 @@ class EvalResult:
     avg_at_k: float
     pass_at_k: float
     per_prompt: list[float] = field(repr=False, default_factory=list)  # fraction correct of each prompt
+    too_long: int = 0            # prompts over the prompt budget: not generated, counted wrong
 
     @property
     def accuracy(self) -> float:
@@ -52,18 +53,24 @@ class EvalResult:
 
     def summary(self) -> dict:
         return {"accuracy": self.avg_at_k, f"avg@{self.k}": self.avg_at_k, f"pass@{self.k}": self.pass_at_k,
-                "num_prompts": self.num_prompts, "k": self.k}
+                "num_prompts": self.num_prompts, "k": self.k, "too_long": self.too_long}
 
 
 def evaluate(rollouts, prompts, *, k: int, sampling: SamplingConfig, name: str = "eval") -> EvalResult:
     """Generate k completions per prompt with `rollouts` (a gvm.rollouts.Rollouts), verify them,
-    and return avg@k and pass@k. Collective when rollouts span several ranks."""
+    and return avg@k and pass@k. A prompt marked too_long (over the prompt budget, which would
+    crash the engine) is not generated and counts as unanswered. Collective when rollouts span
+    several ranks."""
     if not prompts:
         raise ValueError(f"{name}: no evaluation prompts")
-    batch = rollouts.run(prompts, k, sampling)
-    per_prompt = np.array([sum(r) / len(r) for r in batch.rewards], dtype=np.float64)
-    solved = np.array([max(r) > 0 for r in batch.rewards], dtype=np.float64)
-    return EvalResult(name, len(prompts), k, float(per_prompt.mean()), float(solved.mean()), per_prompt.tolist())
+    fitting = [p for p in prompts if not p.too_long]
+    batch = rollouts.run(fitting, k, sampling)
+    scores = iter(batch.rewards)
+    rewards = [[0.0] * k if p.too_long else next(scores) for p in prompts]
+    per_prompt = np.array([sum(r) / len(r) for r in rewards], dtype=np.float64)
+    solved = np.array([max(r) > 0 for r in rewards], dtype=np.float64)
+    return EvalResult(name, len(prompts), k, float(per_prompt.mean()), float(solved.mean()), per_prompt.tolist(),
+                      too_long=len(prompts) - len(fitting))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,6 +86,8 @@ class EvalCliConfig:
     temperature: float = 0.6             # 0: greedy (then k copies of one decode)
     top_p: float = 1.0
     max_tokens: int = 3072               # the paper's evaluation length
+    max_prompt_tokens: int = 4096        # longer prompts are not generated (counted wrong); the model's context
+                                         # minus max_tokens lowers it further
     prompt_style: str = "cot"            # "cot" (Qwen2.5-Math) or "compact" (built-in task)
     engine: str = AUTO                   # "auto": vLLM when it imports, else transformers
     max_prompts: int | None = None       # first rows of each file only
@@ -100,6 +109,7 @@ class EvalCliConfig:
         need(self.temperature >= 0, "temperature", "must be >= 0 (0 = greedy)")
         need(0 < self.top_p <= 1, "top_p", "must lie in (0, 1]")
         need(self.max_tokens >= 1, "max_tokens", "must be >= 1")
+        need(self.max_prompt_tokens >= 1, "max_prompt_tokens", "must be >= 1")
         need(self.prompt_style in PROMPT_STYLES, "prompt_style", f"must be one of {tuple(PROMPT_STYLES)}")
         need(self.engine in ENGINE_NAMES, "engine", f"must be one of {ENGINE_NAMES}")
         need(self.max_prompts is None or self.max_prompts >= 1, "max_prompts", "must be >= 1 or null")
@@ -128,9 +138,12 @@ def run_cli(cfg: EvalCliConfig) -> list[EvalResult]:
     files = data_files(cfg.data)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     sets = []
+    budget = prompt_budget(cfg.max_prompt_tokens, context_length(cfg.model, cfg.vllm.get("max_model_len")),
+                           cfg.max_tokens)
     for path in files:  # read and check every file before the engine starts
         rows = load_prompts(path, cfg.problem_key, cfg.answer_key)[: cfg.max_prompts]
-        sets.append((path.stem, to_prompts(rows, tokenizer, cfg.prompt_style, name=str(path))))
+        sets.append((path.stem, to_prompts(rows, tokenizer, cfg.prompt_style, max_tokens=budget, name=str(path),
+                                           keep_too_long=True)))
     spec = resolve_engine(cfg.engine, cfg.vllm, cfg.hf, seed=cfg.seed, dtype=checkpoint_dtype(cfg.model))
     rollouts = Rollouts(spec.build(cfg.model), Verifier(cfg.verifier), stop_token_ids=model_stop_ids(cfg.model))
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
@@ -140,8 +153,9 @@ def run_cli(cfg: EvalCliConfig) -> list[EvalResult]:
             start = time.perf_counter()
             result = evaluate(rollouts, prompts, k=cfg.k, sampling=sampling, name=name)
             results.append(result)
+            unanswered = f"  {result.too_long} too long (counted wrong)" if result.too_long else ""
             print(f"{name:>16}  n={result.num_prompts:<5} avg@{cfg.k}={result.avg_at_k:.4f}  "
-                  f"pass@{cfg.k}={result.pass_at_k:.4f}  ({time.perf_counter() - start:.1f} s)", flush=True)
+                  f"pass@{cfg.k}={result.pass_at_k:.4f}  ({time.perf_counter() - start:.1f} s){unanswered}", flush=True)
     finally:
         rollouts.close()
     if len(results) > 1:

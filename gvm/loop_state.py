@@ -33,6 +33,7 @@ LOOP_STATE = "loop_state.json"
 MANIFEST = "MANIFEST.json"
 LATEST = "latest"
 PARTIAL = ".partial"
+DAMAGED = ".damaged"
 ENGINE_RNG_FILE = "engine_rng_rank{rank}.pt"
 TAG_RE = re.compile(r"^iter(\d+)$")
 
@@ -128,11 +129,18 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def peek_iteration(folder: Path) -> int:
+    """The iteration a checkpoint continues from, without loading it (to cut the logs back first)."""
+    return int(json.loads((folder / LOOP_STATE).read_text())["iteration"])
+
+
 def save_checkpoint(trainer, rollouts, run_dir: Path, state: LoopState, keep: int) -> Path:
     """The checkpoint of `state` (see the module docstring). Collective."""
     root = checkpoint_root(run_dir)
     tag = tag_of(state.iteration)
     partial, final = root / (tag + PARTIAL), root / tag
+    if final.is_dir() and check_complete(final) is None:
+        return final             # this iteration is saved already (a resume that ran no further)
     if gdist.rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(partial, ignore_errors=True)     # a partial folder is never a checkpoint
@@ -148,14 +156,24 @@ def save_checkpoint(trainer, rollouts, run_dir: Path, state: LoopState, keep: in
                 _fsync(path)
         _write_atomic(partial / MANIFEST, json.dumps(_manifest(partial), indent=1))
         failpoint("checkpoint:state")
-        if final.exists():      # the same iteration saved again (a resume that ran nothing): replace it
-            shutil.rmtree(final)
+        if final.exists():      # a damaged one of the same iteration (resumed from before it): keep it aside
+            aside = _free_name(root, tag + DAMAGED)
+            os.replace(final, aside)
+            log.warning("moved the damaged %s aside to %s (nothing is deleted)", final, aside)
         os.replace(partial, final)
         failpoint("checkpoint:visible")
         _write_atomic(root / LATEST, tag + "\n")
         _prune(run_dir, keep)
     gdist.barrier()
     return final
+
+
+def _free_name(root: Path, name: str) -> Path:
+    candidate, number = root / name, 1
+    while candidate.exists():
+        number += 1
+        candidate = root / f"{name}{number}"
+    return candidate
 
 
 def _prune(run_dir: Path, keep: int) -> None:

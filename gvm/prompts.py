@@ -78,7 +78,7 @@ def to_prompts(rows: list[dict], tokenizer: Any, style: str, *, max_tokens: int 
         warnings.warn(f"{name}: {len(too_long)} of {len(rows)} prompts are longer than the prompt budget of "
                       f"{max_tokens} tokens, {what} ({_lines(too_long)}); the budget is the smaller of "
                       f"data.max_prompt_tokens and the model's context minus the response tokens", stacklevel=2)
-    if not any(not p.too_long for p in prompts):
+    if not prompts or not (keep_too_long or any(not p.too_long for p in prompts)):
         raise ValueError(f"{name}: no prompt fits the prompt budget of {max_tokens} tokens (of {len(rows)} rows)")
     return prompts
 

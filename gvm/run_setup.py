@@ -1,6 +1,7 @@
 """Everything a training run builds before its first iteration, in the order it must happen:
-checks, the process group, the run folder and its log, the model folder, the prompts, the
-supervised warm start, the trainer, the engine and verifier, and the state of a resumed run.
+checks, the process group, the run folder (gvm.run_folder) and its log, the model folder, the
+prompts, the supervised warm start, the trainer, the engine and verifier, and the state of a
+resumed run.
 
 `start_run(cfg)` returns a `Run` holding them; `gvm.train.main` is the loop over it. Every rank
 calls it (collective).
@@ -10,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,10 +24,12 @@ from gvm.algorithms import Algorithm, get_algorithm
 from gvm.colocation import Colocation
 from gvm.config import ConfigError, RunConfig, check_paths
 from gvm.ds_config import resolve_dtype
-from gvm.engines.factory import EngineSpec, model_stop_ids, resolve_engine
-from gvm.loop_state import LoopState, latest_checkpoint, load_checkpoint
-from gvm.prompts import Prompt, PromptStream, load_rows, to_prompts
+from gvm.engines.factory import EngineSpec, context_length, model_stop_ids, resolve_engine
+from gvm.failpoints import check_environment as check_failpoint_environment
+from gvm.loop_state import LoopState, load_checkpoint, peek_iteration
+from gvm.prompts import Prompt, PromptStream, load_rows, prompt_budget, to_prompts
 from gvm.rollouts import Rollouts
+from gvm.run_folder import apply_launch, plan_launch
 from gvm.run_log import PhaseTimer, RunLog
 from gvm.samplers import Sampler, SamplerContext, make_sampler
 from gvm.stats import PromptStats
@@ -37,9 +39,6 @@ from gvm.verify import Verifier
 from gvm.warmstart import is_done, warm_start
 
 log = logging.getLogger("gvm.train")
-
-# A fresh run clears what an earlier run of the same name wrote there.
-RUN_OUTPUTS = ("tb", "checkpoints", "final")
 
 
 @dataclass
@@ -58,7 +57,7 @@ class Run:
     timer: PhaseTimer
     stats: PromptStats
     state: LoopState
-    wall_start: float            # time.perf_counter() when the run started
+    wall_start: float            # time.perf_counter() at the run's start (earlier launches included)
     warm_seconds: float = 0.0    # the warm start's wall time (0 when none ran now)
 
     @property
@@ -67,29 +66,29 @@ class Run:
 
 
 def start_run(cfg: RunConfig) -> Run:
-    """Build the run (see the module docstring); fails before any work on bad paths or settings."""
+    """Build the run (see the module docstring); fails before any work on bad paths or settings, a
+    used run folder, or a resume whose settings differ from the checkpoint's."""
     check_paths(cfg)
+    try:
+        check_failpoint_environment()
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     spec = resolve_engine(cfg.rollout.engine, cfg.rollout.vllm, cfg.rollout.hf, seed=cfg.seed, prefix="rollout.",
                           dtype=str(resolve_dtype(cfg.trainer.dtype)).removeprefix("torch."))
     _set_threads()
     gdist.init_distributed()
     rank = gdist.rank()
     _quiet_libraries(rank)
-    wall_start = time.perf_counter()
-    resume_from = latest_checkpoint(cfg.run_dir) if cfg.resume else None
-    if cfg.resume and resume_from is None and rank == 0:
-        log.warning("resume=true but %s holds no checkpoint: starting from scratch", cfg.run_dir / "checkpoints")
-    run_dir = prepare_run_dir(cfg, rank, resuming=resume_from is not None)
+    launch = plan_launch(cfg)
+    apply_launch(cfg, launch)
+    run_dir, resume_from = launch.run_dir, launch.resume_from
     runlog = RunLog(run_dir, enabled=rank == 0, tensorboard=cfg.log.tensorboard, table=cfg.log.table,
-                    plot=cfg.log.plot, fresh=resume_from is None)
+                    plot=cfg.log.plot, resume_at=peek_iteration(resume_from) if resume_from is not None else None)
     runlog.print(f"# run {run_dir} (world size {gdist.world_size()}, engine {spec.name})\n{cfg.to_yaml()}")
 
     base_model = prepare_model(cfg, run_dir, rank)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    train_rows, eval_rows = load_rows(cfg, run_dir / "data" if rank == 0 else None)
-    style, max_tokens = cfg.prompt_style, cfg.data.max_prompt_tokens
-    train_prompts = to_prompts(train_rows, tokenizer, style, max_tokens=max_tokens, name="train_data")
-    eval_prompts = to_prompts(eval_rows, tokenizer, style, max_tokens=max_tokens, name="eval_data") if eval_rows else []
+    train_rows, train_prompts, eval_prompts = prepare_prompts(cfg, base_model, run_dir, tokenizer)
     policy_dir, warm_seconds = run_warm_start(cfg, base_model, run_dir, train_rows, tokenizer, runlog,
                                               resuming=resume_from is not None)
 
@@ -98,32 +97,39 @@ def start_run(cfg: RunConfig) -> Run:
     timer = PhaseTimer()
     swap = Colocation(trainer, rollouts, timer)
     stats, state = PromptStats(cfg.sampler.stats_ema), LoopState(world_size=gdist.world_size())
-    if len(train_prompts) < cfg.data.prompts_per_iteration:
-        raise ConfigError(f"config key data.prompts_per_iteration={cfg.data.prompts_per_iteration}: exceeds the "
-                          f"{len(train_prompts)} training prompts")
     if resume_from is not None:
-        state = load_checkpoint(trainer, run_dir, resume_from)
+        state = load_checkpoint(trainer, rollouts, run_dir, resume_from)
         stats.load_state_dict(state.stats)
         swap.sync()          # the engine was built from the warm start, not the checkpoint
         timer.pop()
         runlog.print(f"resumed from {resume_from} at iteration {state.iteration}")
+    state.config = cfg.to_dict()
     stream = PromptStream(train_prompts, cfg.seed, position=state.prompts_drawn)
     algorithm = get_algorithm(cfg.algorithm)
     sampler = make_sampler(SamplerContext(cfg=cfg, algorithm=algorithm, rollouts=rollouts, swap=swap, timer=timer,
                                           trainer=trainer, stream=stream, stats=stats))
     return Run(cfg=cfg, run_dir=run_dir, log=runlog, algorithm=algorithm, eval_prompts=eval_prompts, stream=stream,
                sampler=sampler, trainer=trainer, rollouts=rollouts, swap=swap, timer=timer, stats=stats, state=state,
-               wall_start=wall_start, warm_seconds=warm_seconds)
+               wall_start=time.perf_counter() - state.wall_seconds, warm_seconds=warm_seconds)
 
 
-def build_rollouts(spec: EngineSpec, policy_dir: Path, cfg: RunConfig) -> Rollouts:
-    """The engine on the policy's folder, with the verifier (its workers started now, so the first
-    iteration does not pay their imports), as one Rollouts over all ranks."""
-    verifier = Verifier(cfg.verifier).start()
-    log.info("verifier: %d worker process(es) on rank %d, pids %s", cfg.verifier.num_workers, gdist.rank(),
-             verifier.worker_pids())
-    return Rollouts(spec.build(policy_dir), verifier, tensor_parallel_size=spec.tensor_parallel_size,
-                    stop_token_ids=model_stop_ids(policy_dir))
+def prepare_prompts(cfg: RunConfig, model_dir: Path, run_dir: Path, tokenizer
+                    ) -> tuple[list[dict], list[Prompt], list[Prompt]]:
+    """(training rows, training prompts, held-out prompts), tokenized once. A prompt over the budget (data.max_prompt_tokens,
+    and room for the response in the model's context) would crash the engine: training drops it,
+    evaluation counts it unanswered; both say how many."""
+    train_rows, eval_rows = load_rows(cfg, run_dir / "data" if gdist.rank() == 0 else None)
+    context = context_length(model_dir, cfg.rollout.vllm.get("max_model_len"))
+    style, limit = cfg.prompt_style, cfg.data.max_prompt_tokens
+    train_budget = prompt_budget(limit, context, cfg.rollout.sampling.max_tokens)
+    eval_budget = prompt_budget(limit, context, cfg.eval.max_tokens or cfg.rollout.sampling.max_tokens)
+    train = to_prompts(train_rows, tokenizer, style, max_tokens=train_budget, name="train_data")
+    held_out = (to_prompts(eval_rows, tokenizer, style, max_tokens=eval_budget, name="eval_data", keep_too_long=True)
+                if eval_rows else [])
+    if len(train) < cfg.data.prompts_per_iteration:
+        raise ConfigError(f"config key data.prompts_per_iteration={cfg.data.prompts_per_iteration}: exceeds the "
+                          f"{len(train)} training prompts")
+    return train_rows, train, held_out
 
 
 def run_warm_start(cfg: RunConfig, base_model: Path, run_dir: Path, train_rows: list[dict], tokenizer,
@@ -133,7 +139,7 @@ def run_warm_start(cfg: RunConfig, base_model: Path, run_dir: Path, train_rows: 
     warm_dir = run_dir / "warmstart"
     if cfg.warmstart_steps == 0:
         return base_model, 0.0
-    if resuming or (cfg.resume and is_done(warm_dir)):
+    if resuming or is_done(warm_dir):
         return (warm_dir if is_done(warm_dir) else base_model), 0.0
     start = time.perf_counter()
     policy_dir, losses = warm_start(
@@ -144,17 +150,14 @@ def run_warm_start(cfg: RunConfig, base_model: Path, run_dir: Path, train_rows: 
     return policy_dir, seconds
 
 
-def prepare_run_dir(cfg: RunConfig, rank: int, resuming: bool) -> Path:
-    """The run folder with config.yaml; a fresh run clears the outputs of an earlier one."""
-    run_dir = cfg.run_dir
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resuming:
-            for name in RUN_OUTPUTS:
-                shutil.rmtree(run_dir / name, ignore_errors=True)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    gdist.barrier()
-    return run_dir
+def build_rollouts(spec: EngineSpec, policy_dir: Path, cfg: RunConfig) -> Rollouts:
+    """The engine on the policy's folder, with the verifier (its workers started now, so the first
+    iteration does not pay their imports), as one Rollouts over all ranks."""
+    verifier = Verifier(cfg.verifier).start()
+    log.info("verifier: %d worker process(es) on rank %d, pids %s", cfg.verifier.num_workers, gdist.rank(),
+             verifier.worker_pids())
+    return Rollouts(spec.build(policy_dir), verifier, tensor_parallel_size=spec.tensor_parallel_size,
+                    stop_token_ids=model_stop_ids(policy_dir))
 
 
 def prepare_model(cfg: RunConfig, run_dir: Path, rank: int) -> Path:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gvm.allocation import NoEligiblePrompts, allocate, allocate_uniform
+from gvm.failpoints import failpoint
 from gvm.prompts import Prompt, PromptStream
 from gvm.rollouts import RolloutBatch
 from gvm.stages import allocate_counts, make_samples, pilot_grad_norms, train_on, train_summary
@@ -80,8 +81,10 @@ class Sampler:
         ctx = self.ctx
         with ctx.swap.generation(), ctx.timer(phase):
             batch = ctx.rollouts.generate(prompts, counts, ctx.cfg.rollout.sampling)
+        failpoint("generate")
         with ctx.timer("verify"):
             ctx.rollouts.score(batch)
+        failpoint("verify")
         return batch
 
     def observe_training(self, keys: list[int], owners: list[int], norms: list[float]) -> None:

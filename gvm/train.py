@@ -47,6 +47,7 @@ from gvm.allocation import predicted_variance_ratio
 from gvm.config import ConfigError, RunConfig, load_config
 from gvm.distributed import add_launcher_args
 from gvm.eval import evaluate
+from gvm.failpoints import failpoint
 from gvm.loop_state import save_checkpoint
 from gvm.run_log import acceptance_histogram, count_spread
 from gvm.run_setup import Run, start_run
@@ -75,6 +76,7 @@ def main(cfg: RunConfig) -> dict:
         with swap.training(), timer("train"):
             train = train_on(run.trainer, data, run.algorithm, epochs=cfg.epochs, mismatch=cfg.rollout.mismatch,
                              rng_key=[cfg.seed, it, 2])
+        failpoint("train")
         run.sampler.observe_training([p.key for p in collected.batch.prompts], data.owners,
                                      [train["grad_norms"].get(s.sample_id) for s in data.samples])
         swap.sync()
@@ -104,6 +106,7 @@ def held_out_eval(run: Run) -> dict | None:
     start = time.perf_counter()
     with run.swap.generation():
         result = evaluate(run.rollouts, run.eval_prompts, k=cfg.eval.k, sampling=eval_sampling, name="eval")
+    failpoint("eval")
     return {**result.summary(), "seconds": time.perf_counter() - start}
 
 
@@ -146,6 +149,7 @@ def log_iteration(run: Run, collected: Collected, data: TrainData, train: dict, 
         row["time"]["eval"] = last_eval["seconds"]
     run.log.metrics(row, step=state.iteration)
     run.log.table_row(row, phases(cfg))
+    failpoint("log")
     return last_eval
 
 
@@ -173,25 +177,33 @@ def phases(cfg: RunConfig) -> list[str]:
 
 
 def checkpoint(run: Run) -> None:
-    run.state.stats = run.stats.state_dict()
+    """A checkpoint of the loop as it stands (gvm.loop_state: whole or absent)."""
+    state = run.state
+    state.stats = run.stats.state_dict()
+    state.wall_seconds = time.perf_counter() - run.wall_start
     with run.swap.training():
-        save_checkpoint(run.trainer, run.run_dir, run.state)
+        save_checkpoint(run.trainer, run.rollouts, run.run_dir, state, run.cfg.checkpoint_keep)
 
 
 def finish_run(run: Run, first_eval: dict | None, last_eval: dict | None) -> dict:
-    """The last checkpoint (to resume from), the HF folder, the plot and the summary."""
+    """The last checkpoint (to resume from), the HF folder, the plot and the summary of the whole
+    run (earlier launches of a resumed run included)."""
     cfg, state = run.cfg, run.state
     checkpoint(run)
     with run.swap.training():
         final_dir = run.trainer.save_hf(run.run_dir / "final")
     plot = run.log.plot(title=f"{cfg.algorithm} / {cfg.sampler.kind}")
+    evaluations = [r for r in run.log.history if r.get("eval")]
+    first = evaluations[0]["eval"] if evaluations and evaluations[0]["iteration"] == 0 else first_eval
+    last = evaluations[-1]["eval"] if evaluations else last_eval
     summary = {
         "run_dir": str(run.run_dir), "final_model": str(final_dir), "iterations": cfg.iterations,
-        "accuracy_before": first_eval["accuracy"] if first_eval else None,
-        "accuracy_final": last_eval["accuracy"] if last_eval else None,
+        "accuracy_before": first["accuracy"] if first else None,
+        "accuracy_final": last["accuracy"] if last else None,
         "samples_generated": state.samples_generated, "seconds": state.seconds,
-        "warmstart_seconds": run.warm_seconds, "wall_seconds": time.perf_counter() - run.wall_start,
-        "plot": str(plot) if plot else None,
+        "warmstart_seconds": next((r.get("warmstart_seconds", 0.0) for r in run.log.history if r["iteration"] == 0),
+                                  run.warm_seconds),
+        "wall_seconds": time.perf_counter() - run.wall_start, "plot": str(plot) if plot else None,
     }
     if run.rank == 0:
         (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from gvm.config import ConfigError
 from gvm.data import format_prompt, load_prompts, write_jsonl
 from gvm.eval import main as eval_main
+from gvm.prompts import encode_prompt
 from gvm.toy import build_tiny
 from gvm.verify import Verifier
 
@@ -85,18 +86,49 @@ def test_avg_and_pass_at_k_count_exactly(seven_model, tmp_path):
     assert result["avg@3"] == pytest.approx(expected) and result["pass@3"] == pytest.approx(expected)
 
 
+def prompt_tokens(model_dir, problem: str, style: str) -> int:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return len(encode_prompt(problem, tokenizer, style))
+
+
 def test_reads_the_five_benchmark_formats(seven_model, eval_dir, tmp_path):
     results = run([f"model={seven_model}", f"data={eval_dir}", "k=2", "temperature=0", "max_prompts=3",
                    "prompt_style=cot"], tmp_path)
     assert sorted(results) == ["aime24", "amc23", "math500", "minerva_math", "olympiad_bench"]
     verifier = Verifier(num_workers=0)
+    budget = 512 - 12                          # the tiny model's context minus max_tokens
     for name, result in results.items():
         rows = load_prompts(eval_dir / f"{name}.jsonl")[:3]
+        fits = [prompt_tokens(seven_model, r["problem"], "cot") <= budget for r in rows]
         # the model answers 7 everywhere: the expected score is the share of golds math-equal to 7
-        expected = sum(verifier.score([ANSWER] * len(rows), [r["answer"] for r in rows])) / len(rows)
-        assert result["num_prompts"] == 3
+        # among the prompts that fit; a prompt over the budget is unanswered
+        scores = verifier.score([ANSWER] * len(rows), [r["answer"] for r in rows])
+        expected = sum(s for s, f in zip(scores, fits) if f) / len(rows)
+        assert result["num_prompts"] == 3 and result["too_long"] == fits.count(False)
         assert result["avg@2"] == pytest.approx(expected), name
         assert result["pass@2"] == pytest.approx(expected), name
+
+
+def test_every_benchmark_file_finishes_and_counts_its_too_long_prompts(seven_model, eval_dir, tmp_path):
+    """All five files whole, through vLLM (which a prompt over the context would crash): the long
+    ones are reported as unanswered, the rest answered."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("vllm")
+    out = tmp_path / "all.json"
+    proc = subprocess.run([sys.executable, "-m", "gvm.eval", f"model={seven_model}", f"data={eval_dir}", "k=1",
+                           "temperature=0", "max_tokens=64", "prompt_style=cot", "engine=vllm", f"out={out}",
+                           "vllm={cpu_kv_cache_bytes: 67108864}"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    results = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    for name, result in results.items():
+        rows = load_prompts(eval_dir / f"{name}.jsonl")
+        too_long = sum(prompt_tokens(seven_model, r["problem"], "cot") > 512 - 64 for r in rows)
+        assert result["num_prompts"] == len(rows) and result["too_long"] == too_long, name
+        if too_long:
+            assert f"{too_long} too long (counted wrong)" in proc.stdout
+    assert sum(r["too_long"] for r in results.values()) > 0      # the tiny context does not hold them all
 
 
 def test_sampled_scores_are_consistent(seven_model, tmp_path):

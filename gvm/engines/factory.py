@@ -123,6 +123,17 @@ def model_stop_ids(model_dir: str | Path) -> list[int]:
     return [int(v) for v in values if v is not None]
 
 
+def context_length(model_dir: str | Path, max_model_len: int | None = None) -> int | None:
+    """Tokens the model attends over (prompt + response): config.json's max_position_embeddings (or
+    its other names), capped by vLLM's `max_model_len` when one is set; None when neither says."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    value = next((config[k] for k in ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length")
+                  if isinstance(config.get(k), int)), None)
+    if max_model_len is not None:
+        value = max_model_len if value is None else min(value, max_model_len)
+    return value
+
+
 def checkpoint_dtype(model_dir: str | Path) -> str | None:
     """The dtype the checkpoint was saved in (config.json), for vLLM to keep it."""
     config = json.loads((Path(model_dir) / "config.json").read_text())

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 import torch
 from torch import nn
 
+from gvm.failpoints import failpoint
+
 if TYPE_CHECKING:
     from gvm.engines.base import Engine
 
@@ -131,6 +133,14 @@ def iter_gathered_weights(
                     record.exit(nbytes)
 
 
+def _failpoint_after_first(weights: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """The weights, with the "sync:engine" failpoint once the engine has taken the first tensor."""
+    for i, item in enumerate(weights):
+        if i == 1:
+            failpoint("sync:engine")
+        yield item
+
+
 def sync_weights(
     model: nn.Module, engine: "Engine", *, bucket_bytes: int = DEFAULT_BUCKET_BYTES
 ) -> SyncRecord:
@@ -138,7 +148,7 @@ def sync_weights(
     (call it on every rank). Returns what was gathered and how long it took."""
     record = SyncRecord(bucket_bytes=bucket_bytes)
     start = time.perf_counter()
-    engine.update_weights(iter_gathered_weights(model, bucket_bytes=bucket_bytes, record=record))
+    engine.update_weights(_failpoint_after_first(iter_gathered_weights(model, bucket_bytes=bucket_bytes, record=record)))
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     record.seconds = time.perf_counter() - start
