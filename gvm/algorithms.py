@@ -2,8 +2,8 @@
 trained on, and which loss the trainer applies. The training loop looks the name up here and
 never branches on it.
 
-    raft    SFT on accepted samples: A = 1 for a correct response; rejected ones carry no
-            gradient and are left out (they would only dilute the token mean).
+    raft    SFT on accepted samples (reward >= verifier.accept_threshold): A = 1; rejected ones
+            carry no gradient and are left out (they would only dilute the token mean).
     raft++  the same samples and advantages, with the importance ratio pi/pi_old and PPO clipping.
     grpo    A = (r - mean_group) / (std_group + eps) over each prompt's samples, every sample
             trained on (negative advantages push wrong answers down), PPO clipping; the KL
@@ -23,8 +23,8 @@ import torch
 
 from gvm_kernels.policy_loss import group_advantages
 
-# rewards [S], group ids [S] -> advantages [S] (float64)
-AdvantageFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# rewards [S], group ids [S], accept threshold -> advantages [S] (float64)
+AdvantageFn = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -36,17 +36,17 @@ class Algorithm:
     uses_old_logp: bool          # the loss has an importance ratio: old log-probs are needed
     objective: str               # the allocation objective of its estimator (gvm.allocation.OBJECTIVES)
 
-    def select(self, rewards: np.ndarray) -> np.ndarray:
-        """Boolean mask [S] of the samples that enter training."""
+    def select(self, rewards: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+        """Boolean mask [S] of the samples that enter training (RAFT: reward >= threshold)."""
         rewards = np.asarray(rewards, dtype=np.float64)
-        return rewards > 0 if self.accepted_only else np.ones(rewards.shape, dtype=bool)
+        return rewards >= threshold if self.accepted_only else np.ones(rewards.shape, dtype=bool)
 
     @property
     def needs_both_outcomes(self) -> bool:
         """A prompt's samples carry gradient only when their rewards differ (group baselines)."""
         return self.objective == "grpo"
 
-    def group_carries_gradient(self, rewards) -> bool:
+    def group_carries_gradient(self, rewards, threshold: float = 0.5) -> bool:
         """Whether one prompt's samples give any gradient: RAFT, an accepted one; GRPO, rewards that
         differ (equal rewards give every sample advantage 0)."""
         rewards = np.asarray(rewards, dtype=np.float64)
@@ -54,16 +54,17 @@ class Algorithm:
             return False
         if self.needs_both_outcomes:
             return bool(rewards.max() > rewards.min())
-        return bool((rewards > 0).any())
+        return bool((rewards >= threshold).any())
 
 
-def _reward_as_advantage(rewards: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
-    """RAFT: the reward itself (1 accepted, 0 rejected)."""
-    return np.asarray(rewards, dtype=np.float64).copy()
+def _accepted_as_advantage(rewards: np.ndarray, group_ids: np.ndarray, threshold: float) -> np.ndarray:
+    """RAFT: 1 for an accepted sample (reward >= threshold), 0 otherwise: supervised on what passed."""
+    return (np.asarray(rewards, dtype=np.float64) >= threshold).astype(np.float64)
 
 
-def _group_normalised(rewards: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
-    """GRPO: (r - group mean) / (group std + eps); 0 for singleton or all-equal groups."""
+def _group_normalised(rewards: np.ndarray, group_ids: np.ndarray, threshold: float) -> np.ndarray:
+    """GRPO: (r - group mean) / (group std + eps) of the raw rewards; 0 for singleton or all-equal
+    groups (the threshold plays no part)."""
     r = torch.as_tensor(np.asarray(rewards, dtype=np.float64))
     g = torch.as_tensor(np.asarray(group_ids, dtype=np.int64))
     return group_advantages(r, g).numpy()
@@ -79,9 +80,9 @@ def register(algorithm: Algorithm) -> Algorithm:
     return algorithm
 
 
-register(Algorithm("raft", loss="raft", advantages=_reward_as_advantage, accepted_only=True, uses_old_logp=False,
+register(Algorithm("raft", loss="raft", advantages=_accepted_as_advantage, accepted_only=True, uses_old_logp=False,
                    objective="raft"))
-register(Algorithm("raft++", loss="raft++", advantages=_reward_as_advantage, accepted_only=True, uses_old_logp=True,
+register(Algorithm("raft++", loss="raft++", advantages=_accepted_as_advantage, accepted_only=True, uses_old_logp=True,
                    objective="raft"))
 register(Algorithm("grpo", loss="grpo", advantages=_group_normalised, accepted_only=False, uses_old_logp=True,
                    objective="grpo"))
@@ -95,11 +96,11 @@ def get_algorithm(name: str) -> Algorithm:
 
 def advantages_with_baseline(algorithm: Algorithm, rewards: np.ndarray, group_ids: np.ndarray,
                              baseline_rewards: np.ndarray | None = None,
-                             baseline_group_ids: np.ndarray | None = None) -> np.ndarray:
+                             baseline_group_ids: np.ndarray | None = None, threshold: float = 0.5) -> np.ndarray:
     """Advantages of `rewards` [S] where each group's statistics also count `baseline_rewards`
     (earlier samples of the same prompts, e.g. the pilot) that are not trained on here."""
     if baseline_rewards is None or len(baseline_rewards) == 0:
-        return algorithm.advantages(rewards, group_ids)
+        return algorithm.advantages(rewards, group_ids, threshold)
     all_rewards = np.concatenate([np.asarray(rewards, np.float64), np.asarray(baseline_rewards, np.float64)])
     all_groups = np.concatenate([np.asarray(group_ids, np.int64), np.asarray(baseline_group_ids, np.int64)])
-    return algorithm.advantages(all_rewards, all_groups)[: len(rewards)]
+    return algorithm.advantages(all_rewards, all_groups, threshold)[: len(rewards)]

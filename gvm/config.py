@@ -251,6 +251,10 @@ class LogConfig:
     plot: bool = True                    # runs/<name>/accuracy.png
     progress: bool = True                # tqdm bars on rank 0
     table: bool = True                   # one table row per iteration on stdout
+    wandb: bool = False                  # also to Weights & Biases (the optional extra; WANDB_MODE=offline works)
+    wandb_project: str = "gvm"
+    wandb_name: str = ""                 # "": the run's name
+    wandb_tags: tuple[str, ...] = ()
 
 
 # Trainer settings whose run default differs from TrainerConfig's (the paper's, for a 1.5B model).

@@ -36,17 +36,30 @@ SHOWN_SKIPPED = 5
 # Reading
 
 
+# The shapes peers write, tried in order when the keys are left at their defaults: (who, problem
+# key, answer key). Dotted keys reach into nested fields; a problem may be chat messages.
+SHAPES = (
+    ("gvm", PROBLEM_KEY, ANSWER_KEY),
+    ("verl", "prompt", "reward_model.ground_truth"),     # verl's RL parquet: chat messages, reward_model
+    ("TRL", "prompt", "solution"),                      # TRL's conversational rows
+    ("TRL", "prompt", ANSWER_KEY),
+)
+
+
 def load_prompts(source: str | Path, problem_key: str = PROBLEM_KEY, answer_key: str = ANSWER_KEY,
                  split: str | None = None) -> list[dict]:
     """Read rows from a JSONL, JSON (a list, or `{"data": [...]}`) or Parquet file, or from a
     Hugging Face dataset name (needs the `datasets` package and the hub; `split` defaults to
     "train" there and must be None for a file).
 
-    The problem and answer are renamed to "problem" and "answer"; other fields are kept (a
-    field that would collide with "index", "line", "problem" or "answer" is kept as "source_<name>").
-    Rows without a non-empty problem string or an answer are skipped with one warning.
-    Raises FileNotFoundError when the source is neither a file nor a reachable dataset, and
-    ValueError naming the file and line when a file is not what its suffix says.
+    With the default keys, the shape is found among SHAPES (ours, verl's, TRL's); other keys are
+    read as given (OpenRLHF's input_key / label_key, or a dotted path such as
+    reward_model.ground_truth). The problem (a string, or chat messages) and the answer are
+    renamed to "problem" and "answer"; other fields are kept (a field that would collide with
+    "index", "line", "problem" or "answer" is kept as "source_<name>"). Rows without a problem or
+    an answer are skipped with one warning. Raises FileNotFoundError when the source is neither a
+    file nor a reachable dataset, and ValueError naming the file and line when a file is not what
+    its suffix says, or naming the keys it found when it is in no known shape.
     """
     path = Path(source).expanduser()
     if path.is_dir():
@@ -59,7 +72,45 @@ def load_prompts(source: str | Path, problem_key: str = PROBLEM_KEY, answer_key:
         raise FileNotFoundError(f"prompt file not found: {source}")
     else:
         records, unit = _read_hub(str(source), split or "train"), "record"
+    if (problem_key, answer_key) == (PROBLEM_KEY, ANSWER_KEY):
+        problem_key, answer_key = _find_shape(records, str(source))
     return _to_rows(records, problem_key, answer_key, name=str(source), unit=unit)
+
+
+def lookup(record: dict, dotted: str) -> Any:
+    """record["a"]["b"] for "a.b" (None where a part is missing); a key that holds the dots
+    itself is taken as it is."""
+    if dotted in record:
+        return record[dotted]
+    value: Any = record
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _find_shape(records: list[tuple[int, Any]], name: str) -> tuple[str, str]:
+    """The (problem key, answer key) of the first shape the first records are written in."""
+    sample = [r for _, r in records[:20] if isinstance(r, dict)]
+    for _, problem_key, answer_key in SHAPES:
+        if sample and all(lookup(r, problem_key) is not None and lookup(r, answer_key) is not None for r in sample[:1]):
+            return problem_key, answer_key
+    found = sorted({key for r in sample[:1] for key in _keys(r)})
+    shapes = "; ".join(f"{who}: {p!r} and {a!r}" for who, p, a in SHAPES)
+    raise ValueError(f"{name}: its rows are in no known shape ({shapes}); its first row holds the keys "
+                     f"{found}. Name the fields with data.problem_key=... and data.answer_key=... (on gvm.eval: "
+                     f"problem_key=, answer_key=); a dotted path reaches into a nested field")
+
+
+def _keys(record: dict, prefix: str = "") -> list[str]:
+    """Every key of a record, nested ones as dotted paths."""
+    out = []
+    for key, value in record.items():
+        out.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            out += _keys(value, f"{prefix}{key}.")
+    return out
 
 
 def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
@@ -174,6 +225,20 @@ def _with_record_numbers(records: Iterable[dict]) -> list[tuple[int, dict]]:
     return list(enumerate(records, start=1))
 
 
+def is_chat(problem: Any) -> bool:
+    """Chat messages: a non-empty list of {"role", "content"} dicts with string contents."""
+    return (isinstance(problem, (list, tuple)) and len(problem) > 0
+            and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in problem))
+
+
+def _is_problem(value: Any) -> bool:
+    """A non-blank string, or chat messages with something to say."""
+    if isinstance(value, str):
+        return bool(value.strip())
+    return is_chat(value) and any(m["content"].strip() for m in value)
+
+
 def _has_answer(value: Any) -> bool:
     """0 and 0.0 are answers; None, blank strings and empty lists are not."""
     if value is None:
@@ -189,8 +254,8 @@ def _to_rows(records: list[tuple[int, dict]], problem_key: str, answer_key: str,
              unit: str) -> list[dict]:
     rows, skipped = [], []
     for index, (position, record) in enumerate(records):
-        problem, answer = record.get(problem_key), record.get(answer_key)
-        if not (isinstance(problem, str) and problem.strip()) or not _has_answer(answer):
+        problem, answer = lookup(record, problem_key), lookup(record, answer_key)
+        if not _is_problem(problem) or not _has_answer(answer):
             skipped.append(position)
             continue
         row = {"index": index, "line": position, "problem": problem, "answer": answer}
@@ -207,8 +272,8 @@ def _to_rows(records: list[tuple[int, dict]], problem_key: str, answer_key: str,
         more = ", ..." if len(skipped) > SHOWN_SKIPPED else ""
         plural = "s" if len(skipped) > 1 else ""
         warnings.warn(
-            f"{name}: skipped {len(skipped)} of {len(records)} {unit}s without a non-empty "
-            f"{problem_key!r} or {answer_key!r} ({unit}{plural} {shown}{more})",
+            f"{name}: skipped {len(skipped)} of {len(records)} {unit}s without a problem in "
+            f"{problem_key!r} or an answer in {answer_key!r} ({unit}{plural} {shown}{more})",
             stacklevel=3,
         )
     return rows
@@ -232,16 +297,18 @@ def _compact_messages(problem: str) -> list[dict]:
 PROMPT_STYLES = {"cot": _cot_messages, "compact": _compact_messages}
 
 
-def format_prompt(problem: str, tokenizer: Any = None, style: str = "cot") -> str:
+def format_prompt(problem: str | list[dict], tokenizer: Any = None, style: str = "cot") -> str:
     """The text the policy continues: the style's messages through the tokenizer's chat
     template (with the assistant turn opened) when it has one, plain text otherwise.
 
     style "cot" is the Qwen2.5-Math chain-of-thought prompt used for real models; "compact"
-    is the bare problem, for the built-in arithmetic task and the tiny model.
+    is the bare problem, for the built-in arithmetic task and the tiny model. A problem given as
+    chat messages (verl's and TRL's rows) goes through the template as it is, whatever the style:
+    no second system prompt, no instruction added.
     """
     if style not in PROMPT_STYLES:
         raise ValueError(f"style must be one of {sorted(PROMPT_STYLES)}, got {style!r}")
-    messages = PROMPT_STYLES[style](problem)
+    messages = [dict(m) for m in problem] if is_chat(problem) else PROMPT_STYLES[style](problem)
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return "\n\n".join(m["content"] for m in messages) + "\n"

@@ -17,10 +17,11 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from gvm.config import check_model_folder
@@ -65,16 +66,31 @@ def evaluate(rollouts, prompts, *, k: int, sampling: SamplingConfig, name: str =
         raise ValueError(f"{name}: no evaluation prompts")
     fitting = [p for p in prompts if not p.too_long]
     batch = rollouts.run(fitting, k, sampling)
-    scores = iter(batch.rewards)
-    rewards = [[0.0] * k if p.too_long else next(scores) for p in prompts]
-    per_prompt = np.array([sum(r) / len(r) for r in rewards], dtype=np.float64)
-    solved = np.array([max(r) > 0 for r in rewards], dtype=np.float64)
+    accepted = iter(batch.accepted_per_prompt())      # reward >= the verifier's accept threshold
+    counts = [0 if p.too_long else next(accepted) for p in prompts]
+    per_prompt = np.array([c / k for c in counts], dtype=np.float64)
+    solved = np.array([c > 0 for c in counts], dtype=np.float64)
     return EvalResult(name, len(prompts), k, float(per_prompt.mean()), float(solved.mean()), per_prompt.tolist(),
                       too_long=len(prompts) - len(fitting))
 
 
+def merged(results: list[EvalResult], name: str) -> EvalResult:
+    """One result from results over disjoint chunks of one benchmark (weighted by prompts)."""
+    per_prompt = [x for r in results for x in r.per_prompt]
+    k = results[0].k
+    solved = sum(r.pass_at_k * r.num_prompts for r in results)
+    return EvalResult(name, len(per_prompt), k, float(np.mean(per_prompt)), solved / len(per_prompt), per_prompt,
+                      too_long=sum(r.too_long for r in results))
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line
+
+# The paper's Table 1 (arXiv 2505.02391): benchmark columns in this order, then their average.
+TABLE_ORDER = ("math500", "minerva_math", "olympiad_bench", "aime24", "amc23")
+TABLE_NAMES = {"math500": "MATH500", "minerva_math": "Minerva Math", "olympiad_bench": "Olympiad Bench",
+               "aime24": "AIME24", "amc23": "AMC23"}
+CHUNK_PROMPTS = 256   # prompts per evaluate() call: the progress bar moves at least this often
 
 
 @dataclass(frozen=True)
@@ -90,11 +106,13 @@ class EvalCliConfig:
                                          # minus max_tokens lowers it further
     prompt_style: str = "cot"            # "cot" (Qwen2.5-Math) or "compact" (built-in task)
     engine: str = AUTO                   # "auto": vLLM when it imports, else transformers
-    max_prompts: int | None = None       # first rows of each file only
+    limit: int | None = None             # the first rows of each benchmark only (a quick look)
     problem_key: str = PROBLEM_KEY
     answer_key: str = ANSWER_KEY
+    reward: str | None = None            # verifier.reward ("math", "exact", module:function); None: the verifier's
     seed: int = 0
     out: str = ""                        # write the results as JSON here ("" = do not)
+    progress: bool = True                # a progress bar over the prompts
     vllm: dict = field(default_factory=dict)
     hf: dict = field(default_factory=dict)
     verifier: VerifierConfig = VerifierConfig()
@@ -112,7 +130,16 @@ class EvalCliConfig:
         need(self.max_prompt_tokens >= 1, "max_prompt_tokens", "must be >= 1")
         need(self.prompt_style in PROMPT_STYLES, "prompt_style", f"must be one of {tuple(PROMPT_STYLES)}")
         need(self.engine in ENGINE_NAMES, "engine", f"must be one of {ENGINE_NAMES}")
-        need(self.max_prompts is None or self.max_prompts >= 1, "max_prompts", "must be >= 1 or null")
+        need(self.limit is None or self.limit >= 1, "limit", "must be >= 1 or null")
+        if self.reward is not None:
+            try:
+                replace(self.verifier, reward=self.reward)
+            except ValueError as error:
+                raise ConfigError(f"gvm.eval key reward={self.reward!r}: {error}") from None
+
+    @property
+    def verifier_config(self) -> VerifierConfig:
+        return self.verifier if self.reward is None else replace(self.verifier, reward=self.reward)
 
 
 def data_files(spec: str) -> list[Path]:
@@ -132,8 +159,21 @@ def data_files(spec: str) -> list[Path]:
     return files
 
 
+def table(results: list[EvalResult], k: int, model: str) -> str:
+    """The paper's Table 1 layout: one column per benchmark (its order first), then the average;
+    avg@k and pass@k rows, in percent."""
+    order = sorted(results, key=lambda r: (TABLE_ORDER.index(r.name) if r.name in TABLE_ORDER else len(TABLE_ORDER),
+                                           r.name))
+    heads = [TABLE_NAMES.get(r.name, r.name) for r in order] + ["Average"]
+    lines = [f"| {model} | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for label, value in ((f"avg@{k}", lambda r: r.avg_at_k), (f"pass@{k}", lambda r: r.pass_at_k)):
+        cells = [100 * value(r) for r in order]
+        lines.append(f"| {label} | " + " | ".join(f"{c:.2f}" for c in cells) + f" | {np.mean(cells):.2f} |")
+    return "\n".join(lines)
+
+
 def run_cli(cfg: EvalCliConfig) -> list[EvalResult]:
-    """Evaluate cfg.model on every file of cfg.data; prints a table, writes cfg.out if set."""
+    """Evaluate cfg.model on every file of cfg.data; prints the table, writes cfg.out if set."""
     check_model_folder(cfg.model, "model")
     files = data_files(cfg.data)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
@@ -141,30 +181,38 @@ def run_cli(cfg: EvalCliConfig) -> list[EvalResult]:
     budget = prompt_budget(cfg.max_prompt_tokens, context_length(cfg.model, cfg.vllm.get("max_model_len")),
                            cfg.max_tokens)
     for path in files:  # read and check every file before the engine starts
-        rows = load_prompts(path, cfg.problem_key, cfg.answer_key)[: cfg.max_prompts]
+        rows = load_prompts(path, cfg.problem_key, cfg.answer_key)[: cfg.limit]
         sets.append((path.stem, to_prompts(rows, tokenizer, cfg.prompt_style, max_tokens=budget, name=str(path),
                                            keep_too_long=True)))
     spec = resolve_engine(cfg.engine, cfg.vllm, cfg.hf, seed=cfg.seed, dtype=checkpoint_dtype(cfg.model))
-    rollouts = Rollouts(spec.build(cfg.model), Verifier(cfg.verifier), stop_token_ids=model_stop_ids(cfg.model))
+    rollouts = Rollouts(spec.build(cfg.model), Verifier(cfg.verifier_config), stop_token_ids=model_stop_ids(cfg.model))
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
     results = []
+    bar = tqdm(total=sum(len(p) for _, p in sets), unit="prompt", disable=not cfg.progress, dynamic_ncols=True)
     try:
         for name, prompts in sets:
             start = time.perf_counter()
-            result = evaluate(rollouts, prompts, k=cfg.k, sampling=sampling, name=name)
+            bar.set_description(name)
+            parts = []
+            for offset in range(0, len(prompts), CHUNK_PROMPTS):
+                chunk = prompts[offset:offset + CHUNK_PROMPTS]
+                parts.append(evaluate(rollouts, chunk, k=cfg.k, sampling=sampling, name=name))
+                bar.update(len(chunk))
+            result = merged(parts, name)
             results.append(result)
             unanswered = f"  {result.too_long} too long (counted wrong)" if result.too_long else ""
-            print(f"{name:>16}  n={result.num_prompts:<5} avg@{cfg.k}={result.avg_at_k:.4f}  "
-                  f"pass@{cfg.k}={result.pass_at_k:.4f}  ({time.perf_counter() - start:.1f} s){unanswered}", flush=True)
+            bar.write(f"{name:>16}  n={result.num_prompts:<5} avg@{cfg.k}={result.avg_at_k:.4f}  "
+                      f"pass@{cfg.k}={result.pass_at_k:.4f}  ({time.perf_counter() - start:.1f} s){unanswered}")
     finally:
+        bar.close()
         rollouts.close()
-    if len(results) > 1:
-        mean = float(np.mean([r.avg_at_k for r in results]))
-        print(f"{'average':>16}  avg@{cfg.k}={mean:.4f}")
+    print(table(results, cfg.k, Path(cfg.model).name or cfg.model), flush=True)
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        average = {f"avg@{cfg.k}": float(np.mean([r.avg_at_k for r in results])),
+                   f"pass@{cfg.k}": float(np.mean([r.pass_at_k for r in results]))}
         Path(cfg.out).write_text(json.dumps({"config": asdict(cfg), "results": [
-            {"name": r.name, **r.summary()} for r in results]}, indent=2))
+            {"name": r.name, **r.summary()} for r in results], "average": average}, indent=2))
     return results
 
 

@@ -23,10 +23,13 @@ from gvm.verify import Verifier
 
 @dataclass
 class RolloutBatch:
-    """Completions and rewards per prompt; counts[i] = len(completions[i]) (may be 0)."""
+    """Completions and rewards per prompt; counts[i] = len(completions[i]) (may be 0). A sample is
+    accepted when its reward is at least `accept_threshold` (the verifier's: RAFT trains on it,
+    GVM's p_i counts it)."""
     prompts: list[Prompt]
     completions: list[list[Completion]]
     rewards: list[list[float]] = field(default_factory=list)
+    accept_threshold: float = 0.5
 
     @property
     def counts(self) -> list[int]:
@@ -36,12 +39,16 @@ class RolloutBatch:
     def num_samples(self) -> int:
         return sum(self.counts)
 
+    def accepted_per_prompt(self) -> list[int]:
+        return [sum(x >= self.accept_threshold for x in r) for r in self.rewards]
+
     def accept_rates(self) -> np.ndarray:
         """p_i = accepted / samples per prompt; NaN where a prompt got no sample."""
-        return np.array([sum(r) / len(r) if r else math.nan for r in self.rewards], dtype=np.float64)
+        return np.array([a / len(r) if r else math.nan for a, r in zip(self.accepted_per_prompt(), self.rewards)],
+                        dtype=np.float64)
 
     def accepted(self) -> int:
-        return int(sum(sum(r) for r in self.rewards))
+        return sum(self.accepted_per_prompt())
 
     def num_tokens(self) -> int:
         return sum(len(c.token_ids) for row in self.completions for c in row)
@@ -98,12 +105,15 @@ class Rollouts:
         return RolloutBatch(prompts, completions)
 
     def score(self, batch: RolloutBatch) -> RolloutBatch:
-        """Fill batch.rewards (1.0 accepted / 0.0 rejected) with the Verifier; ranks score
-        interleaved slices of the items and share the results."""
+        """Fill batch.rewards with the Verifier's rewards (math: 1.0 / 0.0; a user reward: any
+        float) and its accept threshold; ranks score interleaved slices of the items and share the
+        results."""
         items = [(i, j) for i, row in enumerate(batch.completions) for j in range(len(row))]
         mine = items[self.rank::self.world]
         rewards = self.verifier.score([batch.completions[i][j].text for i, j in mine],
-                                      [batch.prompts[i].gold for i, _ in mine])
+                                      [batch.prompts[i].gold for i, _ in mine],
+                                      [batch.prompts[i].row for i, _ in mine])
+        batch.accept_threshold = self.verifier.config.accept_threshold
         batch.rewards = [[0.0] * len(row) for row in batch.completions]
         for part in gdist.all_gather_objects(list(zip(mine, rewards))):
             for (i, j), reward in part:

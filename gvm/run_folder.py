@@ -29,7 +29,7 @@ log = logging.getLogger("gvm.train")
 
 # What a run writes into its folder; the first group is its results, the second its set-up.
 RESULTS = ("metrics.jsonl", "allocations.jsonl", "summary.json", "accuracy.png", "tb", "checkpoints", "final")
-SETUP = ("config.yaml", "base_model", "warmstart", "data")
+SETUP = ("config.yaml", "base_model", "warmstart", "data", "wandb", "wandb_run_id")
 
 
 @dataclass(frozen=True)

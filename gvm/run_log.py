@@ -90,11 +90,13 @@ class RunLog:
     """Rank 0's writer; see the module docstring."""
 
     def __init__(self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = True, table: bool = True,
-                 plot: bool = True, resume_at: int | None = None) -> None:
+                 plot: bool = True, resume_at: int | None = None, wandb=None) -> None:
         """`resume_at`: the iteration of the checkpoint a resumed run continues from; the log files
-        are cut back to it (and TensorBoard told to drop later steps), so each iteration appears once."""
+        are cut back to it (and TensorBoard told to drop later steps), so each iteration appears once.
+        `wandb`: a gvm.wandb_log.WandbLog that gets the same scalars and the plot."""
         self.run_dir = Path(run_dir)
         self.enabled = enabled
+        self.wandb = wandb if enabled else None
         self.table = table and enabled
         self.plot_enabled = plot and enabled
         self.history: list[dict] = []   # metrics rows, for the plot and the summary
@@ -123,11 +125,14 @@ class RunLog:
         self.history.append(row)
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(_no_nan(row), default=_json_default) + "\n")
+        scalars = {key: value for key, value in _flatten(row).items()
+                   if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
         if self._writer is not None:
-            for key, value in _flatten(row).items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    self._writer.add_scalar(key, value, step)
+            for key, value in scalars.items():
+                self._writer.add_scalar(key, value, step)
             self._writer.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step)
 
     def allocation(self, record: dict) -> None:
         if not self.enabled:
@@ -155,6 +160,9 @@ class RunLog:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self.wandb is not None:
+            self.wandb.close()
+            self.wandb = None
 
     # -- plot ----------------------------------------------------------------------------------
 
@@ -166,7 +174,10 @@ class RunLog:
                   for r in self.history if r.get("eval") is not None]
         if not points:
             return None
-        return plot_accuracy({title or "run": points}, self.run_dir / "accuracy.png")
+        path = plot_accuracy({title or "run": points}, self.run_dir / "accuracy.png")
+        if self.wandb is not None:
+            self.wandb.image("accuracy_plot", path, step=max(r["iteration"] for r in self.history))
+        return path
 
 
 def plot_accuracy(curves: dict[str, list[tuple[float, float, float]]], path: Path,

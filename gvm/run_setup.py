@@ -36,6 +36,7 @@ from gvm.stats import PromptStats
 from gvm.toy import build_tiny
 from gvm.trainer import PolicyTrainer
 from gvm.verify import Verifier
+from gvm.wandb_log import WandbLog
 from gvm.warmstart import is_done, warm_start
 
 log = logging.getLogger("gvm.train")
@@ -82,8 +83,11 @@ def start_run(cfg: RunConfig) -> Run:
     launch = plan_launch(cfg)
     apply_launch(cfg, launch)
     run_dir, resume_from = launch.run_dir, launch.resume_from
+    wandb = (WandbLog(run_dir, project=cfg.log.wandb_project, name=cfg.log.wandb_name or cfg.name,
+                      tags=cfg.log.wandb_tags, config=cfg.to_dict()) if cfg.log.wandb and rank == 0 else None)
     runlog = RunLog(run_dir, enabled=rank == 0, tensorboard=cfg.log.tensorboard, table=cfg.log.table,
-                    plot=cfg.log.plot, resume_at=peek_iteration(resume_from) if resume_from is not None else None)
+                    plot=cfg.log.plot, resume_at=peek_iteration(resume_from) if resume_from is not None else None,
+                    wandb=wandb)
     runlog.print(f"# run {run_dir} (world size {gdist.world_size()}, engine {spec.name})\n{cfg.to_yaml()}")
 
     base_model = prepare_model(cfg, run_dir, rank)

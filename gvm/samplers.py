@@ -107,13 +107,13 @@ def make_sampler(context: SamplerContext) -> Sampler:
 def merge(first: RolloutBatch, second: RolloutBatch) -> RolloutBatch:
     """The samples of two verified batches over the same prompts, prompt by prompt."""
     return RolloutBatch(first.prompts, [a + b for a, b in zip(first.completions, second.completions)],
-                        [a + b for a, b in zip(first.rewards, second.rewards)])
+                        [a + b for a, b in zip(first.rewards, second.rewards)], second.accept_threshold)
 
 
 def outcome_counts(batch: RolloutBatch) -> tuple[np.ndarray, np.ndarray]:
-    """(accepted, rejected) samples per prompt of a verified batch (accepted: reward > 0, as RAFT
-    selects them)."""
-    accepted = np.array([sum(r > 0 for r in row) for row in batch.rewards], dtype=np.float64)
+    """(accepted, rejected) samples per prompt of a verified batch (accepted: reward at least the
+    verifier's accept threshold, as RAFT selects them)."""
+    accepted = np.array(batch.accepted_per_prompt(), dtype=np.float64)
     return accepted, np.array([len(row) for row in batch.rewards], dtype=np.float64) - accepted
 
 
@@ -146,10 +146,10 @@ class DapoSampler(Sampler):
             generated += batch.num_samples
             drawn += [p.key for p in prompts]
             kept += [(p, c, r) for p, c, r in zip(batch.prompts, batch.completions, batch.rewards)
-                     if algorithm.group_carries_gradient(r)]
+                     if algorithm.group_carries_gradient(r, batch.accept_threshold)]
             rounds += 1
         kept = kept[: self.size]     # the training batch is full; the rest was generated and is counted
-        batch = RolloutBatch([k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept])
+        batch = RolloutBatch([k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept], batch.accept_threshold)
         counts = np.array(batch.counts, dtype=np.int64)
         audit = {"keys": [p.key for p in batch.prompts], "n": counts, "drawn": drawn, "rounds": rounds}
         return Collected(batch, generated, counts, None, audit,
@@ -214,7 +214,8 @@ class AdaptiveSampler(Sampler):
         hist_s = np.array([r.successes for r in records])
         hist_f = np.array([r.failures for r in records])
         budget = cfg.stage2_budget(self.size)
-        batch = RolloutBatch(prompts, [[] for _ in prompts], [[] for _ in prompts])
+        batch = RolloutBatch(prompts, [[] for _ in prompts], [[] for _ in prompts],
+                             ctx.rollouts.verifier.config.accept_threshold)
         # The pilot, only for prompts whose history is too thin to stand in for one, and at most
         # half the budget (the rounds need the rest).
         pilot_n = min(cfg.pilot_n, max(1, budget // (2 * max(len(prompts), 1))))

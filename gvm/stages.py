@@ -51,8 +51,9 @@ def make_samples(batch: RolloutBatch, algorithm: Algorithm, tag: str,
     if baseline is not None:
         base = [(i, r) for i, row in enumerate(baseline.rewards) for r in row]
         base_rewards, base_groups = np.array([r for _, r in base]), np.array([i for i, _ in base])
-    advantages = advantages_with_baseline(algorithm, rewards, groups, base_rewards, base_groups)
-    for (i, j), reward, advantage, kept in zip(flat, rewards, advantages, algorithm.select(rewards)):
+    threshold = batch.accept_threshold
+    advantages = advantages_with_baseline(algorithm, rewards, groups, base_rewards, base_groups, threshold)
+    for (i, j), reward, advantage, kept in zip(flat, rewards, advantages, algorithm.select(rewards, threshold)):
         completion = batch.completions[i][j]
         if not kept or not completion.token_ids:
             continue

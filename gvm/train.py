@@ -85,7 +85,7 @@ def main(cfg: RunConfig) -> dict:
 
         # Log: metrics, the allocation audit, a table row; evaluate and checkpoint on schedule.
         run.log.allocation({"iteration": it + 1, "sampler": cfg.sampler.kind, **collected.audit,
-                            "accepted": [int(sum(r)) for r in collected.batch.rewards]})
+                            "accepted": collected.batch.accepted_per_prompt()})
         last_eval = log_iteration(run, collected, data, train, last_eval)
         bar.update(1)
         if last_eval is not None:

@@ -223,7 +223,10 @@ def _gold_key(gold: Gold) -> tuple[str, ...]:
 # Scoring one item (runs in a worker process, or in the main thread when num_workers == 0)
 
 REASONS = ("correct", "wrong", "no_answer", "too_long", "too_deep", "parse_error", "gold_error",
-           "timeout", "crashed")
+           "timeout", "crashed", "scored", "reward_error", "not_a_number")
+# "scored": a user reward function returned a number (any float); "reward_error": it raised;
+# "not_a_number": it returned something that is not a finite number.
+BUILTIN_REWARDS = ("math", "exact")   # math-verify's equivalence; normalised string equality
 
 
 class _Deadline(BaseException):
@@ -268,6 +271,46 @@ def _brace_depth(text: str) -> int:
     return deepest
 
 
+def load_reward_function(spec: str):
+    """The user reward `package.module:function` or `path/to/file.py:function`, checked to be
+    callable as function(completion, gold, row). Raises ValueError naming it otherwise."""
+    import importlib
+    import importlib.util
+    import inspect
+
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise ValueError(f"reward={spec!r}: expected one of {BUILTIN_REWARDS}, 'package.module:function' or "
+                         f"'path/to/file.py:function'")
+    try:
+        if where.endswith(".py"):
+            path = os.path.abspath(os.path.expanduser(where))
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"no such file {path}")
+            module_spec = importlib.util.spec_from_file_location(f"_gvm_reward_{abs(hash(path))}", path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+        fn = getattr(module, name)
+    except Exception as error:  # noqa: BLE001 - whatever the user's module raises, name it
+        raise ValueError(f"reward={spec!r} cannot be imported: {type(error).__name__}: {error}") from None
+    if not callable(fn):
+        raise ValueError(f"reward={spec!r}: {name} is not a function")
+    try:
+        inspect.signature(fn).bind("completion", "gold", {})
+    except TypeError as error:
+        raise ValueError(f"reward={spec!r}: {name} must take (completion, gold, row): {error}") from None
+    except ValueError:
+        pass  # a builtin without a signature: trust it
+    return fn
+
+
+def _normalise_text(text: str) -> str:
+    """For reward="exact": no surrounding $ or spaces, inner whitespace dropped, lower case."""
+    return re.sub(r"\s+", "", text.strip().strip("$")).lower()
+
+
 class _ItemScorer:
     """Scores (completion, gold) pairs with math-verify, parsing each distinct gold once.
 
@@ -277,11 +320,13 @@ class _ItemScorer:
     """
 
     def __init__(self, timeout_s: float, max_answer_chars: int, max_brace_depth: int,
-                 fallbacks: bool, gold_cache_size: int = 4096):
+                 fallbacks: bool, reward: str = "math", gold_cache_size: int = 4096):
         self.timeout_s = timeout_s
         self.max_answer_chars = max_answer_chars
         self.max_brace_depth = max_brace_depth
         self.fallbacks = fallbacks
+        self.reward = reward
+        self.user_fn = None if reward in BUILTIN_REWARDS else load_reward_function(reward)
         self.gold_cache_size = gold_cache_size
         self._golds: OrderedDict[tuple[str, ...], list | None] = OrderedDict()
 
@@ -323,8 +368,31 @@ class _ItemScorer:
             return 1.0, "correct"
         return 0.0, "wrong"
 
-    def score(self, completion: str, gold_key: tuple[str, ...]) -> tuple[float, str]:
+    def _score_exact(self, completion: str, gold_key: tuple[str, ...]) -> tuple[float, str]:
+        answer = extract_answer(completion, fallbacks=self.fallbacks)
+        if answer is None:
+            return 0.0, "no_answer"
+        if _normalise_text(answer) in {_normalise_text(g) for g in gold_key}:
+            return 1.0, "correct"
+        return 0.0, "wrong"
+
+    def _score_user(self, completion: str, row: dict) -> tuple[float, str]:
+        try:
+            value = _run_with_alarm(self.timeout_s, self.user_fn, completion, row.get("answer"), row)
+        except _Deadline:
+            return 0.0, "timeout"
+        except Exception:  # noqa: BLE001 - a failing reward scores 0 and is counted, never stops training
+            return 0.0, "reward_error"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return 0.0, "not_a_number"
+        return float(value), "scored"
+
+    def score(self, completion: str, gold_key: tuple[str, ...], row: dict | None = None) -> tuple[float, str]:
         """(reward, reason); never raises on bad input."""
+        if self.user_fn is not None:
+            return self._score_user(completion, row if row is not None else {"answer": list(gold_key)})
+        if self.reward == "exact":
+            return self._score_exact(completion, gold_key)
         gold = self._parse_gold(gold_key)
         if gold is None:
             return 0.0, "gold_error"
@@ -346,7 +414,7 @@ def _quiet_math_verify() -> None:
 def _worker_main() -> None:
     """A worker (`python -c ...` started by _Worker; argv: this file, socket fd, scorer args as JSON).
 
-    Announces readiness, then scores (gold_key, [(index, completion), ...]) tasks, sending back
+    Announces readiness, then scores ((gold_key, row), [(index, completion), ...]) tasks, sending back
     (index, reward, reason) per item, until it receives None or the socket closes.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes us
@@ -355,7 +423,13 @@ def _worker_main() -> None:
     warnings.simplefilter("ignore")  # sympy's warnings on odd inputs would flood the trainer's stderr
     import math_verify  # noqa: F401 - pay the sympy import before announcing readiness
 
-    scorer = _ItemScorer(**json.loads(sys.argv[3]))
+    args = json.loads(sys.argv[3])
+    sys.path[:0] = [p for p in args.pop("sys_path", []) if p not in sys.path]  # the parent's, for user rewards
+    try:
+        scorer = _ItemScorer(**args)
+    except ValueError as error:  # a user reward that imports in the parent but not here
+        print(f"verifier worker: {error}", file=sys.stderr)
+        return
     conn.send("ready")
     while True:
         try:
@@ -364,9 +438,9 @@ def _worker_main() -> None:
             return
         if task is None:
             return
-        gold_key, items = task
+        (gold_key, row), items = task
         for index, completion in items:
-            reward, reason = scorer.score(completion, gold_key)
+            reward, reason = scorer.score(completion, gold_key, row)
             conn.send((index, reward, reason))
 
 
@@ -387,6 +461,9 @@ class VerifierConfig:
     max_answer_chars: int = 2000  # longer extracted answers score 0 unparsed ("too_long")
     max_brace_depth: int = 32  # deeper answers score 0 unparsed ("too_deep"): the parser recurses
     fallbacks: bool = True  # without a box, accept "the answer is X" and a last $...$
+    reward: str = "math"  # "math" (math-verify), "exact" (normalised string equality), or a user function
+    # "package.module:function" / "path/to/file.py:function", called as function(completion, gold, row)
+    accept_threshold: float = 0.5  # a sample is accepted (RAFT trains on it; GVM's p_i) when reward >= this
 
     def __post_init__(self):
         if self.num_workers < 0:
@@ -399,10 +476,19 @@ class VerifierConfig:
         if self.chunk_size < 1 or self.max_answer_chars < 1 or self.max_brace_depth < 1:
             raise ValueError("chunk_size, max_answer_chars and max_brace_depth must be >= 1, got "
                              f"{self.chunk_size}, {self.max_answer_chars}, {self.max_brace_depth}")
+        if not math.isfinite(self.accept_threshold):
+            raise ValueError(f"accept_threshold must be a finite number, got {self.accept_threshold}")
+        if self.reward not in BUILTIN_REWARDS:
+            load_reward_function(self.reward)  # stops before any work when it cannot be used
+
+    @property
+    def user_reward(self) -> bool:
+        """A user function: it gets the data row, so the rows travel with the items."""
+        return self.reward not in BUILTIN_REWARDS
 
     def scorer_args(self) -> dict:
         return {"timeout_s": self.timeout_s, "max_answer_chars": self.max_answer_chars,
-                "max_brace_depth": self.max_brace_depth, "fallbacks": self.fallbacks}
+                "max_brace_depth": self.max_brace_depth, "fallbacks": self.fallbacks, "reward": self.reward}
 
 
 # The worker loads this file by path, not `gvm.verify`: the package's __init__ may import torch.
@@ -434,7 +520,7 @@ class _Worker:
         self.conn = Connection(parent_sock.detach())
         self.ready = False
         self.eof = False  # the socket closed: the worker is dead or dying
-        self.gold_key: tuple[str, ...] | None = None
+        self.task_key: tuple | None = None   # (gold key, row) of the chunk it is working through
         self.items: deque[tuple[int, str]] = deque()  # sent, not yet answered, in order
         self.deadline = time.monotonic() + startup_timeout_s
 
@@ -492,16 +578,19 @@ class Verifier:
 
     # -- public API ----------------------------------------------------------------------------
 
-    def score(self, completions: Sequence[str], golds: Sequence[Gold]) -> list[float]:
-        """Reward per completion: 1.0 if its final answer equals its gold (any alternative)."""
-        return self.score_with_reasons(completions, golds)[0]
+    def score(self, completions: Sequence[str], golds: Sequence[Gold], rows: Sequence[dict] | None = None
+              ) -> list[float]:
+        """Reward per completion: for "math" and "exact", 1.0 if its final answer equals its gold
+        (any alternative), else 0.0; for a user function, what it returns. `rows` (the data row of
+        each item, extra fields kept) are what a user function gets as its third argument."""
+        return self.score_with_reasons(completions, golds, rows)[0]
 
-    def score_with_reasons(self, completions: Sequence[str], golds: Sequence[Gold]
-                           ) -> tuple[list[float], list[str]]:
+    def score_with_reasons(self, completions: Sequence[str], golds: Sequence[Gold],
+                           rows: Sequence[dict] | None = None) -> tuple[list[float], list[str]]:
         """Rewards and, per item, why (one of REASONS); also added to `stats`."""
-        if len(completions) != len(golds):
-            raise ValueError(f"completions and golds must have the same length, got "
-                             f"{len(completions)} and {len(golds)}")
+        if len(completions) != len(golds) or (rows is not None and len(rows) != len(golds)):
+            raise ValueError(f"completions, golds and rows must have the same length, got "
+                             f"{len(completions)}, {len(golds)} and {len(rows) if rows is not None else '-'}")
         for i, completion in enumerate(completions):
             if not isinstance(completion, str):
                 raise ValueError(f"completions[{i}] must be a str, got {type(completion).__name__}")
@@ -509,11 +598,15 @@ class Verifier:
             return [], []
         keys: dict[int, tuple[str, ...]] = {}  # id(gold) -> key: normalise each gold object once
         gold_keys = [keys[id(g)] if id(g) in keys else keys.setdefault(id(g), _gold_key(g)) for g in golds]
+        if not self.config.user_reward:
+            rows = None  # the built-in rewards need only the gold
+        elif rows is None:
+            rows = [{"answer": g} for g in golds]
         with self._lock:
             if self.config.num_workers == 0:
-                results = self._score_in_process(completions, gold_keys)
+                results = self._score_in_process(completions, gold_keys, rows)
             else:
-                results = self._score_in_pool(completions, gold_keys)
+                results = self._score_in_pool(completions, gold_keys, rows)
         rewards = [r for r, _ in results]
         reasons = [why for _, why in results]
         self.stats.update(reasons)
@@ -556,8 +649,8 @@ class Verifier:
 
     # -- in-process mode -----------------------------------------------------------------------
 
-    def _score_in_process(self, completions: Sequence[str], gold_keys: list[tuple[str, ...]]
-                          ) -> list[tuple[float, str]]:
+    def _score_in_process(self, completions: Sequence[str], gold_keys: list[tuple[str, ...]],
+                          rows: Sequence[dict] | None) -> list[tuple[float, str]]:
         if threading.current_thread() is not threading.main_thread():
             raise ValueError("num_workers=0 scores with SIGALRM timeouts, which work only in the main "
                              "thread; call score() from the main thread or use num_workers >= 1")
@@ -567,14 +660,15 @@ class Verifier:
         level = logger.level
         logger.setLevel(logging.ERROR)
         try:
-            return [self._in_process.score(c, k) for c, k in zip(completions, gold_keys)]
+            return [self._in_process.score(c, k, rows[i] if rows is not None else None)
+                    for i, (c, k) in enumerate(zip(completions, gold_keys))]
         finally:
             logger.setLevel(level)
 
     # -- pool mode -----------------------------------------------------------------------------
 
     def _new_worker(self) -> _Worker:
-        return _Worker(self.config.scorer_args(), self.config.startup_timeout_s)
+        return _Worker({**self.config.scorer_args(), "sys_path": sys.path}, self.config.startup_timeout_s)
 
     def _ensure_workers(self) -> None:
         """Start missing workers and wait until all are ready (imports done)."""
@@ -605,28 +699,30 @@ class Verifier:
         self._workers[self._workers.index(w)] = fresh = self._new_worker()
         self._await_ready(fresh)
 
-    def _dispatch(self, w: _Worker, gold_key: tuple[str, ...], items: list[tuple[int, str]]) -> bool:
+    def _dispatch(self, w: _Worker, key: tuple, items: list[tuple[int, str]]) -> bool:
         try:
-            w.conn.send((gold_key, items))
+            w.conn.send((key, items))
         except (OSError, ValueError):
             return False  # the worker died while idle; the caller replaces it and requeues
-        w.gold_key = gold_key
+        w.task_key = key
         w.items = deque(items)
         # The first item may also pay for parsing the gold: two budgets.
         w.deadline = time.monotonic() + 2 * self.config.timeout_s + self.config.kill_grace_s
         return True
 
-    def _score_in_pool(self, completions: Sequence[str], gold_keys: list[tuple[str, ...]]
-                       ) -> list[tuple[float, str]]:
+    def _score_in_pool(self, completions: Sequence[str], gold_keys: list[tuple[str, ...]],
+                       rows: Sequence[dict] | None) -> list[tuple[float, str]]:
         self._ensure_workers()
         results: list[tuple[float, str] | None] = [None] * len(completions)
-        by_gold: dict[tuple[str, ...], list[int]] = {}
+        # Items of one gold (and, for a user reward, one row) go together: the worker parses that
+        # gold once per chunk. A task is ((gold key, row or None), [(index, completion), ...]).
+        by_key: dict[tuple, list[int]] = {}
         for i, key in enumerate(gold_keys):
-            by_gold.setdefault(key, []).append(i)
+            by_key.setdefault((key, id(rows[i]) if rows is not None else None), []).append(i)
         size = self.config.chunk_size
-        tasks: deque[tuple[tuple[str, ...], list[tuple[int, str]]]] = deque(
-            (key, [(i, completions[i]) for i in idx[s:s + size]])
-            for key, idx in by_gold.items() for s in range(0, len(idx), size))
+        tasks: deque = deque(
+            ((key, rows[idx[0]] if rows is not None else None), [(i, completions[i]) for i in idx[s:s + size]])
+            for (key, _), idx in by_key.items() for s in range(0, len(idx), size))
 
         try:
             while tasks or any(w.busy for w in self._workers):
@@ -664,7 +760,7 @@ class Verifier:
                 index, _ = w.items.popleft()
                 results[index] = (0.0, "crashed" if dead else "timeout")
                 if w.items:
-                    tasks.appendleft((w.gold_key, list(w.items)))
+                    tasks.appendleft((w.task_key, list(w.items)))
                 w.items.clear()
                 self.restarts["died" if dead else "killed"] += 1
                 self._replace(w)

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python3 -m pip"
 $PIP install -q torch==2.13.0
-$PIP install -q -e ".[cpu,bench,test]"
+$PIP install -q -e ".[cpu,bench,test,wandb]"
 $PIP uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 python3 - <<'PY'
 from transformers import Qwen2ForCausalLM  # fails if the torchvision trap is still armed

@@ -92,7 +92,7 @@ def prompt_tokens(model_dir, problem: str, style: str) -> int:
 
 
 def test_reads_the_five_benchmark_formats(seven_model, eval_dir, tmp_path):
-    results = run([f"model={seven_model}", f"data={eval_dir}", "k=2", "temperature=0", "max_prompts=3",
+    results = run([f"model={seven_model}", f"data={eval_dir}", "k=2", "temperature=0", "limit=3",
                    "prompt_style=cot"], tmp_path)
     assert sorted(results) == ["aime24", "amc23", "math500", "minerva_math", "olympiad_bench"]
     verifier = Verifier(num_workers=0)
@@ -151,3 +151,21 @@ def test_bad_arguments_fail_before_the_engine(seven_model, tmp_path):
     (bare / "config.json").write_text((seven_model / "config.json").read_text())
     with pytest.raises(ConfigError, match="has no tokenizer"):
         eval_main([f"model={bare}", f"data={tmp_path / 'missing.jsonl'}"])
+
+
+def test_the_papers_table_in_one_command(seven_model, eval_dir, tmp_path, capsys):
+    """data=<the five files> k=...: avg@k and pass@k per benchmark and their average, in the
+    column order of the paper's Table 1, also as JSON; limit= rows per benchmark for a quick look."""
+    results = run([f"model={seven_model}", f"data={eval_dir}", "k=2", "temperature=0", "limit=2",
+                   "prompt_style=cot"], tmp_path)
+    printed = capsys.readouterr().out
+    header = next(line for line in printed.splitlines() if line.startswith("| ") and "Average" in line)
+    assert header.split(" | ")[1:] == ["MATH500", "Minerva Math", "Olympiad Bench", "AIME24", "AMC23", "Average |"]
+    avg_row = next(line for line in printed.splitlines() if line.startswith("| avg@2 |"))
+    cells = [float(c) for c in avg_row.strip(" |").split(" | ")[1:]]
+    order = ["math500", "minerva_math", "olympiad_bench", "aime24", "amc23"]
+    assert cells[:5] == pytest.approx([100 * results[n]["avg@2"] for n in order], abs=0.005)
+    assert cells[5] == pytest.approx(sum(cells[:5]) / 5, abs=0.01)
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["average"]["avg@2"] == pytest.approx(sum(results[n]["avg@2"] for n in order) / 5)
+    assert all(r["num_prompts"] == 2 for r in saved["results"])
