@@ -232,29 +232,49 @@ class AdaptiveSampler(Sampler):
             counts, live = self._allocate_round(batch, hist_s, hist_f, records, round_budget)
             rounds_log.append({"n": counts, "live": live})
             if counts.sum() == 0:
-                break                 # nothing worth sampling: the budget is not spent
+                continue              # the live prompts are all capped: this round is not spent
             batch = merge(batch, self.generate(prompts, counts, "rollout"))
             spent += int(counts.sum())
         held_s, held_f = outcome_counts(batch)
         ctx.stats.count_outcomes(keys, held_s, held_f)
         rates = posterior_mean(hist_s + held_s, hist_f + held_f, cfg.prior)
         grad = self._grad_scales(records)
+        # For R_pred, the prompts the last round left out count as the objective saw them (no weight).
+        if rounds_log:
+            rates = np.where(rounds_log[-1]["live"] | (held_s > 0), rates, 0.0)
         audit = {"keys": keys, "n": np.array(batch.counts), "pilot": pilot, "rounds": rounds_log,
                  "p": rates, "G": grad, "objective": self.objective, "prior_counts": [hist_s, hist_f]}
         row = {"rounds": len(rounds_log), "pilot_samples": int(pilot.sum())}
         return Collected(batch, spent, np.array(batch.counts, dtype=np.int64), (rates, grad), audit, row)
 
     def _allocate_round(self, batch: RolloutBatch, hist_s, hist_f, records, round_budget: int):
-        """One round's new samples per prompt: the live prompts (chance of carrying gradient, with a
-        fair share of the round, at least min_useful) share the round by the objective, on top of
-        what they hold; the others get none."""
+        """One round's new samples per prompt: the live prompts share the round by the objective, on
+        top of what they hold; the others get none. Live: the chance that the prompt's samples
+        carry gradient, given its fair share of the round among the live ones, is at least
+        min_useful (a fixed point: fewer live prompts, larger shares). When none is, the round goes
+        to the prompts most likely to carry gradient, so no step is left without data."""
         cfg, algorithm = self.cfg, self.ctx.algorithm
         held_s, held_f = outcome_counts(batch)
         held = held_s + held_f
-        fair = np.full(len(batch.prompts), max(1, round_budget // max(len(batch.prompts), 1)))
-        useful = prob_useful(hist_s, hist_f, held_s, held_f, fair, prior=cfg.prior,
-                             need_both=algorithm.needs_both_outcomes)
-        live = useful >= cfg.min_useful
+        size = len(batch.prompts)
+
+        def useful(share: int) -> np.ndarray:
+            return prob_useful(hist_s, hist_f, held_s, held_f, np.full(size, share), prior=cfg.prior,
+                               need_both=algorithm.needs_both_outcomes)
+
+        live = np.ones(size, dtype=bool)
+        for _ in range(size):                  # shares only grow as the live set shrinks: it ends
+            share = max(1, round_budget // max(int(live.sum()), 1))
+            now = useful(share) >= cfg.min_useful
+            if np.array_equal(now, live) or not now.any():
+                live = now
+                break
+            live = now
+        if not live.any():                     # nobody likely: the most promising ones, a fair share each
+            chance = useful(max(1, round_budget // size))
+            top = max(1, round_budget // max(1, min(size, cfg.n_per_prompt)))
+            live = np.zeros(size, dtype=bool)
+            live[np.argsort(-chance, kind="stable")[: min(size, top)]] = True
         rates = posterior_mean(hist_s + held_s, hist_f + held_f, cfg.prior)
         # Prompts that are not live enter the objective as p = 0 (RAFT) or 0 / 1 (GRPO): no weight.
         rates_for_objective = np.where(live, np.clip(rates, 1e-6, 1 - 1e-6), 0.0)
@@ -264,7 +284,7 @@ class AdaptiveSampler(Sampler):
                               zero_accept="skip", alpha=cfg.alpha, beta=cfg.beta,
                               max_per_prompt=cfg.max_per_prompt)
         except NoEligiblePrompts:
-            counts = np.zeros(len(batch.prompts), dtype=np.int64)
+            counts = np.zeros(size, dtype=np.int64)
         return counts, live
 
     def _grad_scales(self, records) -> np.ndarray:
