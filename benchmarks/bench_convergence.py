@@ -12,6 +12,7 @@ per iteration (one train_step on whatever it collected). What differs is how man
 method generates per iteration and where they go:
 
     uniform    n per prompt                      uniform2x  2n per prompt: half the variance per step
+    uniform-half  n/2 per prompt: uniform tuned towards fewer samples per step (step-limited runs)
     dapo       n per drawn prompt, groups without gradient dropped, prompts drawn until the batch is full
     gvm        the paper: a pilot of N' per prompt thrown away, (n - N') per prompt allocated, unsolved skipped
     ours       sampler.kind=adaptive with `--ours-budget` x n samples per prompt in all, pilot included
@@ -43,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from gvm.algorithms import ALGORITHMS  # noqa: E402
 TRAIN = REPO / "gvm" / "train.py"
-METHODS = ("uniform", "uniform2x", "dapo", "gvm", "ours")
+METHODS = ("uniform", "uniform-half", "uniform2x", "dapo", "gvm", "ours")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,6 +83,7 @@ def method_overrides(args, method: str) -> list[str]:
     return {
         "uniform": ["sampler.kind=uniform", f"sampler.n_per_prompt={n}"],
         "uniform2x": ["sampler.kind=uniform", f"sampler.n_per_prompt={2 * n}"],
+        "uniform-half": ["sampler.kind=uniform", f"sampler.n_per_prompt={max(2, n // 2)}"],
         "dapo": ["sampler.kind=dapo", f"sampler.n_per_prompt={n}"],
         "gvm": ["sampler.kind=gvm", f"sampler.pilot_n={args.pilot}", f"sampler.budget={(n - args.pilot) * m}",
                 "sampler.reuse_pilot_samples=false", "sampler.zero_accept=skip", "sampler.max_per_prompt=null"],
@@ -108,7 +110,7 @@ def run(args, name: str, overrides: list[str]) -> Path:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
         proc = subprocess.run(_command(args, [f"run_root={args.root}", f"name={name}", "log.progress=false",
-                                              *overrides, *args.extra]),
+                                              "overwrite=true", *overrides, *args.extra]),
                               stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed (exit {proc.returncode}); see {log_path}")
