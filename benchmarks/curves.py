@@ -46,14 +46,14 @@ def cost_to_reach(costs: Sequence[float], accuracies: Sequence[float], target: f
 
 def paired_ratios(baseline: dict, method: dict) -> dict:
     """Per seed, baseline cost / method cost to the same target (> 1: the method is cheaper). A
-    method that never reaches the target gets baseline / (its whole cost): an upper bound on its
-    true ratio, so the summary can only be pessimistic about it."""
+    method that never reaches the target within its run gets 0: its true ratio is somewhere below
+    baseline / (its whole cost), and 0 keeps the median and its interval from crediting it."""
     out = {}
     for seed, base_cost in baseline.items():
         if base_cost is None or seed not in method:
             continue
-        reached, total = method[seed]
-        out[seed] = base_cost / (reached if reached is not None else total)
+        reached, _total = method[seed]
+        out[seed] = base_cost / reached if reached is not None else 0.0
     return out
 
 

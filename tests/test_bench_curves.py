@@ -1,0 +1,39 @@
+"""The convergence benchmark's reading of curves (benchmarks/curves.py): the monotone fit, the cost
+to reach a target, the paired ratios and the bootstrap interval, on fresh random curves."""
+import random
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from curves import bootstrap_median, cost_to_reach, isotonic, paired_ratios  # noqa: E402
+
+
+def test_isotonic_is_the_closest_non_decreasing_fit(seed):
+    rng = random.Random(seed)
+    values = [rng.uniform(0, 1) for _ in range(rng.randint(1, 30))]
+    fit = isotonic(values)
+    assert all(a <= b + 1e-12 for a, b in zip(fit, fit[1:]))
+    assert sum(fit) == pytest.approx(sum(values))                 # pooling keeps every block's mean
+    assert isotonic(sorted(values)) == pytest.approx(sorted(values))
+
+
+def test_cost_to_reach_interpolates_the_fit():
+    costs, accs = [0, 100, 200, 300], [0.2, 0.3, 0.25, 0.4]       # the fit is 0.2, 0.275, 0.275, 0.4
+    assert cost_to_reach(costs, accs, 0.2) == 0
+    assert cost_to_reach(costs, accs, 0.3) == pytest.approx(200 + 100 * (0.3 - 0.275) / (0.4 - 0.275))
+    assert cost_to_reach(costs, accs, 0.41) is None
+
+
+def test_a_method_that_never_reaches_the_target_gets_no_credit():
+    ratios = paired_ratios({0: 1000.0, 1: 800.0, 2: None}, {0: (500.0, 900.0), 1: (None, 300.0), 2: (10.0, 10.0)})
+    assert ratios == {0: 2.0, 1: 0.0}                              # seed 2: the baseline itself never got there
+
+
+def test_bootstrap_interval_holds_the_median(seed):
+    rng = random.Random(seed)
+    values = [rng.lognormvariate(0, 0.3) for _ in range(7)]
+    median, low, high = bootstrap_median(values, rounds=2000, seed=seed)
+    assert median == statistics.median(values) and min(values) <= low <= median <= high <= max(values)
