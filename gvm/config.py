@@ -40,7 +40,7 @@ from gvm.arithmetic import LEVELS
 from gvm.config_build import ConfigError, build, merge, parse_override, require, set_dotted
 from gvm.data import ANSWER_KEY, DATA_SUFFIXES, PROBLEM_KEY, PROMPT_STYLES
 from gvm.engines.base import SamplingConfig
-from gvm.engines.factory import AUTO, ENGINE_NAMES
+from gvm.engines.factory import AUTO, ENGINE_NAMES, ENGINE_REGISTRY
 from gvm.engines.mismatch import MismatchConfig
 from gvm.samplers import SAMPLER_NAMES as SAMPLERS
 from gvm.toy import TinyModelConfig
@@ -386,7 +386,7 @@ def resume_differences(cfg: RunConfig, saved: dict) -> tuple[list[str], list[str
 def _flat(tree: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and key not in ("vllm", "hf"):
+        if isinstance(value, dict) and key not in ENGINE_REGISTRY:   # engine settings compare as a whole
             out.update(_flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
