@@ -128,7 +128,7 @@ class UniformSampler(Sampler):
         prompts = self.ctx.stream.take(self.size)
         counts = allocate_uniform(len(prompts), self.cfg.stage2_budget(self.size))
         batch = self.generate(prompts, counts, "rollout")
-        audit = {"keys": [p.key for p in prompts], "n": counts}
+        audit = {"keys": [p.key for p in prompts], "budget": int(counts.sum()), "n": counts}
         return Collected(batch, batch.num_samples, counts, None, audit)
 
 
@@ -190,7 +190,8 @@ class GVMSampler(Sampler):
                                           held=held)
         # Stage 2: n_i samples per prompt, verified.
         batch = self.generate(prompts, counts, "rollout")
-        audit = {"keys": keys, "n": counts, "p_pilot": accept_now, "G_pilot": grad_now, "p": accept, "G": grad,
+        audit = {"keys": keys, "budget": cfg.stage2_budget(self.size), "n": counts, "p_pilot": accept_now,
+                 "G_pilot": grad_now, "p": accept, "G": grad,
                  "allocation": how, "objective": self.objective, "allocate_kwargs": cfg.allocate_kwargs(),
                  "held": held}
         row["pilot_accept_rate"] = float(np.mean(accept_now))
@@ -242,7 +243,7 @@ class AdaptiveSampler(Sampler):
         # For R_pred, the prompts the last round left out count as the objective saw them (no weight).
         if rounds_log:
             rates = np.where(rounds_log[-1]["live"] | (held_s > 0), rates, 0.0)
-        audit = {"keys": keys, "n": np.array(batch.counts), "pilot": pilot, "rounds": rounds_log,
+        audit = {"keys": keys, "budget": budget, "n": np.array(batch.counts), "pilot": pilot, "rounds": rounds_log,
                  "p": rates, "G": grad, "objective": self.objective, "prior_counts": [hist_s, hist_f]}
         row = {"rounds": len(rounds_log), "pilot_samples": int(pilot.sum())}
         return Collected(batch, spent, np.array(batch.counts, dtype=np.int64), (rates, grad), audit, row)
