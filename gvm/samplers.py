@@ -21,6 +21,7 @@ iteration (`pilot_step` trains gvm's pilot in a step of its own first, as before
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,7 +60,7 @@ class Collected:
     useful_trained: int = 0      # gradient-carrying samples the sampler trained on itself (pilot_step)
 
 
-class Sampler:
+class Sampler(ABC):
     """A sampler of the registry (see the module docstring)."""
 
     name = ""
@@ -69,8 +70,9 @@ class Sampler:
         self.cfg = context.cfg.sampler
         self.size = context.cfg.data.prompts_per_iteration
 
+    @abstractmethod
     def collect(self, iteration: int) -> Collected:
-        raise NotImplementedError
+        """This iteration's prompts, their samples (generated and verified) and what they cost."""
 
     @property
     def objective(self) -> str:
