@@ -217,3 +217,15 @@ def test_run_defaults_differ_from_library_defaults_only_where_declared():
     assert RunConfig().tiny == TinyModelConfig()
     assert all(p.kind is p.VAR_KEYWORD for n, p in inspect.signature(build_tiny).parameters.items() if n != "path"
                and n != "seed")
+
+
+def test_optimizer_steps_per_call_or_per_sample_count():
+    """Every sampler gets one train_step per iteration: optimizer_steps_per_call mini-batches, or with
+    mini_batch_samples (the paper's counting, verl's ppo_mini_batch_size x rollout.n) one per that
+    many samples, so a sampler that trains on more samples takes more steps."""
+    fixed = TrainerConfig(model_path="m", optimizer_steps_per_call=3)
+    assert [fixed.mini_batches(n) for n in (1, 100, 10_000)] == [3, 3, 3]
+    counted = TrainerConfig(model_path="m", mini_batch_samples=256)
+    assert [counted.mini_batches(n) for n in (1, 256, 257, 8192)] == [1, 1, 2, 32]
+    with pytest.raises(ValueError, match="mini_batch_samples"):
+        TrainerConfig(model_path="m", mini_batch_samples=0)
