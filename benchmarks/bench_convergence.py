@@ -17,6 +17,9 @@ method generates per iteration and where they go:
     gvm        the paper: a pilot of N' per prompt thrown away, (n - N') per prompt allocated, unsolved skipped
     ours       sampler.kind=adaptive with `--ours-budget` x n samples per prompt in all, pilot included
 
+A method that generates fewer samples per iteration than uniform runs more iterations (at least
+uniform's samples in all), so that "samples to reach uniform's final accuracy" exists for it.
+
 Reported per algorithm: the target is each seed's uniform run's final accuracy (the mean of its
 last two evaluations); per run, the generated samples (and seconds) at which a monotone fit of its
 held-out curve reaches that target (benchmarks/curves.py); the paired ratio uniform / method per
@@ -99,23 +102,38 @@ def _command(args, overrides: list[str]) -> list[str]:
     return [sys.executable, str(TRAIN), *overrides]
 
 
-def run(args, name: str, overrides: list[str]) -> Path:
-    """One training run (skipped when its summary exists: the benchmark resumes where it stopped)."""
+def run(args, name: str, overrides: list[str], iterations: int) -> Path:
+    """One training run of `iterations` (reused when its summary exists; a shorter one is resumed
+    to the new length: the benchmark continues where it stopped)."""
     run_dir = Path(args.root) / name
+    resume = []
     if (run_dir / "summary.json").is_file():
-        print(f"  {name}: done before, reusing {run_dir}", flush=True)
-        return run_dir
+        done = json.loads((run_dir / "summary.json").read_text())["iterations"]
+        if done >= iterations:
+            print(f"  {name}: done before, reusing {run_dir}", flush=True)
+            return run_dir
+        resume = ["resume=true"]
     start = time.perf_counter()
     log_path = Path(args.root) / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as log:
+    with log_path.open("a" if resume else "w") as log:
         proc = subprocess.run(_command(args, [f"run_root={args.root}", f"name={name}", "log.progress=false",
-                                              "overwrite=true", *overrides, *args.extra]),
+                                              *(resume or ["overwrite=true"]), *overrides, *args.extra,
+                                              f"iterations={iterations}"]),
                               stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed (exit {proc.returncode}); see {log_path}")
-    print(f"  {name}: {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"  {name}: {time.perf_counter() - start:.0f} s{' (resumed to ' + str(iterations) + ' iterations)' if resume else ''}",
+          flush=True)
     return run_dir
+
+
+def iterations_of(args, method: str) -> int:
+    """Iterations a method runs: at least the samples uniform generates in --iterations (a method that
+    spends less per iteration runs longer, so that it can reach uniform's final accuracy at all)."""
+    per_iteration = {"uniform-half": max(2, args.per_prompt // 2) / args.per_prompt,
+                     "ours": args.ours_budget}.get(method, 1.0)
+    return max(args.iterations, math.ceil(args.iterations / per_iteration))
 
 
 def rows_of(run_dir: Path) -> list[dict]:
@@ -230,8 +248,8 @@ def main(argv=None) -> dict:
     print(f"# convergence benchmark on {machine_name()}: {algorithms} x {methods}, seeds {args.seeds}, "
           f"{args.iterations} iterations x {args.prompts} prompts x {args.per_prompt} samples", flush=True)
     task = [f"task.num_eval={args.eval_size}", f"eval.k={args.eval_k}", "log.tensorboard=false", "log.plot=false"]
-    warm = run(args, "warmstart", [*task, "iterations=0", f"warmstart.steps={args.warmstart_steps}"]) / "final"
-    common = [f"model={warm}", *task, f"task.num_train={args.train_size}", f"iterations={args.iterations}",
+    warm = run(args, "warmstart", [*task, f"warmstart.steps={args.warmstart_steps}"], iterations=0) / "final"
+    common = [f"model={warm}", *task, f"task.num_train={args.train_size}",
               f"eval.every={args.eval_every}", f"trainer.lr={args.lr}", f"data.prompts_per_iteration={args.prompts}",
               "checkpoint_every=0"]
     curves: dict = {a: {m: {} for m in methods} for a in algorithms}
@@ -240,7 +258,8 @@ def main(argv=None) -> dict:
         for algorithm in algorithms:
             for method in methods:
                 run_dir = run(args, f"{algorithm}-{method}-seed{seed}",
-                              [*common, f"seed={seed}", f"algorithm={algorithm}", *method_overrides(args, method)])
+                              [*common, f"seed={seed}", f"algorithm={algorithm}", *method_overrides(args, method)],
+                              iterations_of(args, method))
                 rows[algorithm][method][seed] = rows_of(run_dir)
                 curves[algorithm][method][seed] = curve(rows[algorithm][method][seed])
     summary = summarise(args, curves, rows)
