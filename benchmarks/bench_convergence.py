@@ -249,17 +249,18 @@ def main(argv=None) -> dict:
           f"{args.iterations} iterations x {args.prompts} prompts x {args.per_prompt} samples", flush=True)
     task = [f"task.num_eval={args.eval_size}", f"eval.k={args.eval_k}", "log.tensorboard=false", "log.plot=false"]
     warm = run(args, "warmstart", [*task, f"warmstart.steps={args.warmstart_steps}"], iterations=0) / "final"
-    common = [f"model={warm}", *task, f"task.num_train={args.train_size}",
-              f"eval.every={args.eval_every}", f"trainer.lr={args.lr}", f"data.prompts_per_iteration={args.prompts}",
+    common = [f"model={warm}", *task, f"task.num_train={args.train_size}", f"trainer.lr={args.lr}", f"data.prompts_per_iteration={args.prompts}",
               "checkpoint_every=0"]
     curves: dict = {a: {m: {} for m in methods} for a in algorithms}
     rows: dict = {a: {m: {} for m in methods} for a in algorithms}
     for seed in args.seeds:
         for algorithm in algorithms:
             for method in methods:
+                iterations = iterations_of(args, method)   # evaluated at the same samples as uniform
+                every = max(1, round(args.eval_every * iterations / args.iterations))
                 run_dir = run(args, f"{algorithm}-{method}-seed{seed}",
-                              [*common, f"seed={seed}", f"algorithm={algorithm}", *method_overrides(args, method)],
-                              iterations_of(args, method))
+                              [*common, f"seed={seed}", f"algorithm={algorithm}", *method_overrides(args, method),
+                               f"eval.every={every}"], iterations)
                 rows[algorithm][method][seed] = rows_of(run_dir)
                 curves[algorithm][method][seed] = curve(rows[algorithm][method][seed])
     summary = summarise(args, curves, rows)
