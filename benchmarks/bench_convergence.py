@@ -249,7 +249,8 @@ def main(argv=None) -> dict:
           f"{args.iterations} iterations x {args.prompts} prompts x {args.per_prompt} samples", flush=True)
     task = [f"task.num_eval={args.eval_size}", f"eval.k={args.eval_k}", "log.tensorboard=false", "log.plot=false"]
     warm = run(args, "warmstart", [*task, f"warmstart.steps={args.warmstart_steps}"], iterations=0) / "final"
-    common = [f"model={warm}", *task, f"task.num_train={args.train_size}", f"trainer.lr={args.lr}", f"data.prompts_per_iteration={args.prompts}",
+    common = [f"model={warm}", *task, f"task.num_train={args.train_size}", f"trainer.lr={args.lr}",
+              f"data.prompts_per_iteration={args.prompts}",
               "checkpoint_every=0"]
     curves: dict = {a: {m: {} for m in methods} for a in algorithms}
     rows: dict = {a: {m: {} for m in methods} for a in algorithms}
