@@ -90,8 +90,8 @@ def train_on(trainer, data: TrainData, algorithm: Algorithm, *, epochs: int, mis
     Returns the last step's scalars and the per-sample gradient norms of the first pass (the
     first mini-batch of an iteration has ratio 1: its norms are exact)."""
     samples = data.samples
-    if not samples:
-        return {"num_samples": 0, "grad_norms": {}}
+    if not samples:  # nothing with a gradient this iteration: no step, the count stays in the row
+        return {"num_samples": 0, "step": trainer.step, "grad_norms": {}}
     result: dict = {}
     if algorithm.uses_old_logp:
         samples, result["mismatch"] = with_old_logprobs(trainer, samples, data.completions, mismatch)

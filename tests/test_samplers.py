@@ -14,7 +14,7 @@ from gvm.config import load_config
 
 pytest.importorskip("deepspeed")
 
-M, N, PILOT, ITERATIONS = 8, 4, 2, 4
+M, N, PILOT, ITERATIONS = 8, 4, 2, 3
 SMALL = [*TASK, *QUIET, "task.num_train=16", f"iterations={ITERATIONS}", "eval.every=0", "eval.k=1",
          f"data.prompts_per_iteration={M}", f"sampler.n_per_prompt={N}", f"sampler.pilot_n={PILOT}",
          "rollout.sampling.max_tokens=16", "rollout.engine=hf", "trainer.optimizer_steps_per_call=2"]
@@ -71,7 +71,7 @@ def test_adaptive_amortises_its_pilot_and_never_overspends(tmp_path, warm_model,
     budget = M * N
     rows, audits, _ = _run(tmp_path, warm_model, seed, "sampler.kind=adaptive", f"algorithm={algorithm}",
                            f"sampler.budget={budget}")
-    # 16 training prompts, 8 per iteration: iterations 1-2 see each once (a pilot), 3-4 come back
+    # 16 training prompts, 8 per iteration: iterations 1-2 see each once (a pilot), 3 comes back
     assert rows[0]["pilot_samples"] == M * PILOT and rows[1]["pilot_samples"] == M * PILOT
     for row, audit in zip(rows, audits):
         assert row["samples"] <= budget and row["samples"] == sum(audit["n"])
