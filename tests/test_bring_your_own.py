@@ -79,8 +79,7 @@ def graded(completion, gold, row):
 '''
 
 
-@pytest.mark.parametrize("algorithm", ["raft++", "grpo"])
-@pytest.mark.parametrize("reward", ["exact", "graded"])
+@pytest.mark.parametrize("algorithm,reward", [("raft++", "exact"), ("raft++", "graded"), ("grpo", "graded")])
 def test_exact_and_float_rewards_drive_a_run(algorithm, reward, warm_model, tmp_path, seed):
     if reward == "graded":
         (tmp_path / "rewards.py").write_text(FLOAT_REWARD)

@@ -19,13 +19,13 @@ from gvm.failpoints import ENV, FAILPOINT_EXIT, FAILPOINTS
 
 pytest.importorskip("deepspeed")
 
-ITERATIONS = 3
+ITERATIONS = 2
 SMALL = [*TASK, *QUIET, f"iterations={ITERATIONS}", "checkpoint_every=1", "eval.every=2", "eval.k=1",
          "task.num_eval=4", "data.prompts_per_iteration=4", "sampler.pilot_n=2", "sampler.n_per_prompt=2",
          "rollout.sampling.max_tokens=16", "rollout.engine=hf"]
-# Which passage of each failpoint falls in iteration 2, after iteration 1's checkpoint: per iteration
-# the gvm sampler generates twice (pilot, stage 2), trains, syncs and logs once; "eval" runs before
-# RL and then at iteration 2.
+# Which passage of each failpoint falls in iteration 2 (the last), after iteration 1's checkpoint:
+# per iteration the gvm sampler generates twice (pilot, stage 2), trains, syncs and logs once;
+# "eval" runs before RL and then at iteration 2; the checkpoint of iteration 2 is the final one.
 NTH = {"generate": 3, "verify": 3, "eval": 2}
 TIMES = {"seconds", "wall_seconds", "time", "warmstart_seconds", "time_s"}
 
@@ -126,7 +126,7 @@ def test_damaged_checkpoints_are_passed_over_never_deleted(damage, reference, tm
     assert newest.is_dir() and before.is_dir()                             # nothing the run wrote was deleted ...
     if expected == before:
         assert "passed over" in log and str(newest) in log                  # ... it says what it passed over, why,
-        assert (copy / "checkpoints" / "iter000003.damaged").is_dir()       # and keeps it aside when redoing it
+        assert (copy / "checkpoints" / "iter000002.damaged").is_dir()       # and keeps it aside when redoing it
     rows = read_rows(copy / "metrics.jsonl")
     assert [r["iteration"] for r in rows] == list(range(ITERATIONS + 2))    # each iteration once, one more at the end
 
@@ -150,15 +150,15 @@ def test_resume_refuses_a_changed_algorithm_and_takes_more_iterations(reference,
     proc = _resume(copy, args, "trainer.lr=0.1")
     assert proc.returncode == 2 and "trainer.lr: 0.0002 -> 0.1" in proc.stderr
     log = finished(_resume(copy, args, "eval.every=1"))                    # more iterations, another cadence
-    assert "resume changes iterations: 3 -> 4" in log and "resume changes eval.every: 2 -> 1" in log
+    assert "resume changes iterations: 2 -> 3" in log and "resume changes eval.every: 2 -> 1" in log
     assert [r["iteration"] for r in read_rows(copy / "metrics.jsonl")] == list(range(ITERATIONS + 2))
 
 
 def test_checkpoints_are_whole_and_only_the_newest_kept(reference):
     reference_dir, _ = reference
     folders = sorted(p.name for p in (reference_dir / "checkpoints").iterdir() if p.is_dir())
-    assert folders == ["iter000002", "iter000003"]                          # checkpoint_keep = 2
-    assert (reference_dir / "checkpoints" / "latest").read_text().strip() == "iter000003"
+    assert folders == ["iter000001", "iter000002"]                          # checkpoint_keep = 2
+    assert (reference_dir / "checkpoints" / "latest").read_text().strip() == "iter000002"
     for name in folders:
         manifest = json.loads((reference_dir / "checkpoints" / name / "MANIFEST.json").read_text())
         assert "loop_state.json" in manifest and any(k.endswith("optim_states.pt") for k in manifest)
