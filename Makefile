@@ -8,7 +8,7 @@ install:
 	bash scripts/install.sh
 
 test: install
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q --durations=25 tests
 
 # The built-in default run: tiny model, arithmetic task, warm start, then GVM-RAFT++ (CPU, minutes).
 .PHONY: run
