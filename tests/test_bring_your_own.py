@@ -16,8 +16,8 @@ from gvm.data import load_prompts
 
 pytest.importorskip("deepspeed")
 
-ONE = ["iterations=1", "eval.k=1", "data.prompts_per_iteration=4", "sampler.n_per_prompt=2", "sampler.pilot_n=2",
-       "rollout.sampling.max_tokens=16", "rollout.engine=hf", "data.prompt_style=compact", *QUIET]
+ONE = ["iterations=1", "eval.k=1", "data.prompts_per_iteration=4", "sampler.kind=gvm", "sampler.n_per_prompt=2",
+       "sampler.pilot_n=2", "rollout.sampling.max_tokens=16", "rollout.engine=hf", "data.prompt_style=compact", *QUIET]
 PROBLEMS = [(f"{a}+{b}", a + b) for a in range(1, 5) for b in range(1, 4)]
 
 

@@ -15,9 +15,10 @@ WORKER = Path(__file__).resolve().parent / "_phase_worker.py"
 SMALL = [*TASK, *QUIET, "iterations=2", "eval.k=1", "eval.every=1", "checkpoint_every=1",
          "data.prompts_per_iteration=8", "sampler.pilot_n=2", "sampler.n_per_prompt=2", "rollout.sampling.max_tokens=16"]
 CASES = {  # the paths through the loop: every sampler, the pilot trained on first or thrown away, both engines
-    "gvm-vllm": ["rollout.engine=vllm"],
-    "gvm-pilot-step-hf": ["rollout.engine=hf", "sampler.pilot_step=true"],
-    "gvm-paper-hf": ["rollout.engine=hf", "sampler.reuse_pilot_samples=false", "sampler.zero_accept=skip"],
+    "gvm-vllm": ["rollout.engine=vllm", "sampler.kind=gvm"],
+    "gvm-pilot-step-hf": ["rollout.engine=hf", "sampler.kind=gvm", "sampler.pilot_step=true"],
+    "gvm-paper-hf": ["rollout.engine=hf", "sampler.kind=gvm", "sampler.reuse_pilot_samples=false",
+                     "sampler.zero_accept=skip"],
     "uniform-grpo-hf": ["rollout.engine=hf", "sampler.kind=uniform", "algorithm=grpo"],
     "dapo-hf": ["rollout.engine=hf", "sampler.kind=dapo"],
     "adaptive-grpo-vllm": ["rollout.engine=vllm", "sampler.kind=adaptive", "algorithm=grpo", "sampler.n_per_prompt=4"],

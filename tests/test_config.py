@@ -22,7 +22,7 @@ def rng(seed):
 def test_defaults_are_the_builtin_run():
     cfg = load_config()
     assert cfg.builtin_model and cfg.builtin_task
-    assert cfg.algorithm == "raft++" and cfg.sampler.kind == "gvm"
+    assert cfg.algorithm == "raft++" and cfg.sampler.kind == "adaptive"
     assert cfg.prompt_style == "compact" and cfg.warmstart_steps > 0
     # the reused classes are the real ones, with the derived fields in step
     assert isinstance(cfg.trainer, TrainerConfig) and isinstance(cfg.rollout.sampling, SamplingConfig)
@@ -126,12 +126,15 @@ def test_derived_trainer_fields_point_to_their_key():
 
 def test_cross_field_checks():
     with pytest.raises(ConfigError, match="sampler.max_per_prompt.*must reach the budget 100"):
-        load_config(None, ["data.prompts_per_iteration=10", "sampler.budget=100", "sampler.max_per_prompt=9"])
+        load_config(None, ["sampler.kind=gvm", "data.prompts_per_iteration=10", "sampler.budget=100",
+                           "sampler.max_per_prompt=9"])
     with pytest.raises(ConfigError, match="sampler.min_per_prompt.*exceeds the budget 20"):
-        load_config(None, ["data.prompts_per_iteration=10", "sampler.budget=20", "sampler.min_per_prompt=3"])
+        load_config(None, ["sampler.kind=gvm", "data.prompts_per_iteration=10", "sampler.budget=20",
+                           "sampler.min_per_prompt=3"])
     with pytest.raises(ConfigError, match="grad_norm_params='none'"):
-        load_config(None, ["trainer.grad_norm_params=none"])
-    assert load_config(None, ["trainer.grad_norm_params=none", "sampler.kind=uniform"]).sampler.kind == "uniform"
+        load_config(None, ["trainer.grad_norm_params=none", "sampler.kind=gvm"])
+    for kind in ("uniform", "adaptive"):     # adaptive reads G_i off the training step; without norms all are 1
+        assert load_config(None, ["trainer.grad_norm_params=none", f"sampler.kind={kind}"]).sampler.kind == kind
     with pytest.raises(ConfigError, match="kl_coef"):
         load_config(None, ["algorithm=raft", "trainer.kl_coef=0.001"])
 

@@ -21,8 +21,8 @@ pytest.importorskip("deepspeed")
 
 ITERATIONS = 2
 SMALL = [*TASK, *QUIET, f"iterations={ITERATIONS}", "checkpoint_every=1", "eval.every=2", "eval.k=1",
-         "task.num_eval=4", "data.prompts_per_iteration=4", "sampler.pilot_n=2", "sampler.n_per_prompt=2",
-         "rollout.sampling.max_tokens=16", "rollout.engine=hf"]
+         "task.num_eval=4", "data.prompts_per_iteration=4", "sampler.kind=gvm", "sampler.pilot_n=2",
+         "sampler.n_per_prompt=2", "rollout.sampling.max_tokens=16", "rollout.engine=hf"]
 # Which passage of each failpoint falls in iteration 2 (the last), after iteration 1's checkpoint:
 # per iteration the gvm sampler generates twice (pilot, stage 2), trains, syncs and logs once;
 # "eval" runs before RL and then at iteration 2; the checkpoint of iteration 2 is the final one.
