@@ -227,10 +227,11 @@ def plot(summary_curves: dict, path: Path) -> None:
     axes = fig.subplots(1, len(summary_curves), squeeze=False)[0]
     for ax, (algorithm, by_method) in zip(axes, summary_curves.items()):
         for method, by_seed in by_method.items():
-            runs = list(by_seed.values())
-            length = min(len(c) for c in runs)
-            samples = [statistics.median(c[i][0] for c in runs) for i in range(length)]
-            accs = [[c[i][2] for c in runs] for i in range(length)]
+            # Runs resumed to more iterations can have denser evaluations early on: plot the sample
+            # counts every seed was evaluated at.
+            at = [{x[0]: x[2] for x in c} for c in by_seed.values()]
+            samples = sorted(set.intersection(*(set(a) for a in at)))
+            accs = [[a[x] for a in at] for x in samples]
             line = ax.plot(samples, [statistics.median(a) for a in accs], marker="o", markersize=3, label=method)[0]
             ax.fill_between(samples, [min(a) for a in accs], [max(a) for a in accs], alpha=0.15,
                             color=line.get_color())
