@@ -70,6 +70,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Destroy the process group before the interpreter exits. Left to interpreter teardown,
+    gloo's worker threads can still hold work whose tensors need the GIL, and a rank aborts
+    ("terminate called without an active exception", SIGABRT) after its work is done. Local: no
+    collective, so it is safe on an error path too."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def add_launcher_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Accept the `--local_rank` / `--local-rank` the deepspeed launcher passes to scripts."""
     parser.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)),

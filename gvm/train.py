@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from gvm.allocation import predicted_variance_ratio
 from gvm.config import ConfigError, RunConfig, load_config
-from gvm.distributed import add_launcher_args
+from gvm.distributed import add_launcher_args, shutdown
 from gvm.eval import evaluate
 from gvm.failpoints import failpoint
 from gvm.loop_state import save_checkpoint
@@ -232,3 +232,5 @@ if __name__ == "__main__":
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        shutdown()

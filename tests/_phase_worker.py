@@ -9,6 +9,7 @@ import json
 import sys
 
 from gvm.config import load_config
+from gvm.distributed import shutdown
 from gvm.engines.hf_engine import HFEngine
 from gvm.trainer import PolicyTrainer
 
@@ -72,5 +73,8 @@ for compute_name in TRAINER_COMPUTE:
 if __name__ == "__main__":
     from gvm.train import main
 
-    summary = main(load_config(None, sys.argv[1:]))
+    try:
+        summary = main(load_config(None, sys.argv[1:]))
+    finally:
+        shutdown()
     print("PHASES " + json.dumps({**seen, "samples": summary["samples_generated"]}))

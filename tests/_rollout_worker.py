@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from gvm.distributed import shutdown
 from gvm.engines.base import SamplingConfig
 from gvm.engines.factory import make_engine
 from gvm.engines.vllm_engine import VLLMEngineConfig
@@ -216,4 +217,7 @@ def run_trainer_phase(args) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        shutdown()

@@ -59,7 +59,10 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)  # two ranks share the CI machine's two cores
-    run_scenario(args.model, args.samples, args.out)
+    try:
+        run_scenario(args.model, args.samples, args.out)
+    finally:
+        gdist.shutdown()
 
 
 if __name__ == "__main__":
