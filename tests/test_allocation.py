@@ -453,12 +453,6 @@ def test_uniform_errors():
 # ------------------------------------------------------------------------------------ GRPO, held samples, variance
 
 
-def grpo_objective(counts, grad, accept):
-    """sum over prompts whose rewards can differ (0 < p < 1) of G_i^2 / n_i (docs/allocation.md)."""
-    live = (accept > 0) & (accept < 1)
-    return np.sum(grad[live] ** 2 / counts[live])
-
-
 def slsqp_minimum(objective, n, budget, lower):
     """scipy's SLSQP minimum of `objective` over real counts >= lower summing to budget."""
     lower = np.maximum(lower, 1e-6)
@@ -481,7 +475,9 @@ live_rates = st.one_of(st.just(0.0), st.floats(0.02, 0.98), st.just(1.0))
        budget=st.integers(50, 400))
 def test_grpo_objective_allocation_is_its_minimiser(stats, budget):
     """objective="grpo": nothing to prompts with p in {0, 1}; on the rest, the integer counts lie
-    within one sample of the numeric minimiser of sum G_i^2 / n_i."""
+    within one sample of the numeric minimiser of sum G_i^2 / n_i. (Not "no worse than uniform":
+    a live prompt whose optimal share is under one sample may round to none, and the objective is
+    then infinite; GRPO needs two samples of a prompt for any gradient, so one would not help.)"""
     grad, accept = stats
     live = (accept > 0) & (accept < 1)
     assume(live.any())
@@ -490,8 +486,6 @@ def test_grpo_objective_allocation_is_its_minimiser(stats, budget):
     optimum = slsqp_minimum(lambda c: np.sum(grad[live] ** 2 / c), int(live.sum()), budget,
                             np.zeros(int(live.sum())))
     assert np.all(np.abs(counts[live] - optimum) < 1.0 + 1e-3 * optimum), (counts[live], optimum)
-    assert grpo_objective(counts, grad, accept) <= grpo_objective(
-        np.maximum(allocate_uniform(grad.size, budget), 1e-9), grad, accept) + 1e-9
 
 
 @settings(max_examples=40, deadline=None)
