@@ -78,7 +78,9 @@ def _check_same_run(cfg: RunConfig, saved: dict, source: Path) -> None:
 
 def apply_launch(cfg: RunConfig, launch: Launch) -> None:
     """Rank 0 clears the folder when asked (overwrite=true), then writes config.yaml (what this launch
-    runs). Collective."""
+    runs). Collective: every rank has planned (read the folder) before rank 0 changes it, or a slower
+    rank would find this launch's own config.yaml and call the folder used."""
+    gdist.barrier()
     if gdist.rank() == 0:
         if cfg.overwrite and launch.found:
             log.warning("overwrite=true: deleting %s from %s", ", ".join(launch.found), launch.run_dir)
