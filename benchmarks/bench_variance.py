@@ -21,6 +21,9 @@ Samplers (gvm.samplers, fresh statistics each draw): uniform, uniform2x, gvm-pap
 away, unsolved skipped, no cap), gvm (pilot kept, the run defaults), gvm-both (the same with G_i
 from embedding + LM head instead of the embedding alone), ours (adaptive, first visit: a pilot),
 ours-revisit (adaptive with one earlier visit of n samples per prompt in its history: no pilot).
+A name ending in -iw is that sampler with `sampler.reweight=true`: each sample's loss weight
+c / n_i (gvm.stages.allocation_weights) undoes the allocation's re-weighting of the token mean, so
+that estimator targets the same gradient as uniform's (the per-prompt one is left as it is).
 DAPO is left out: it replaces prompts of the batch with others, so its estimate is of another
 gradient; the convergence benchmark measures it.
 """
@@ -61,7 +64,9 @@ from gvm.stats import PromptStats  # noqa: E402
 from gvm.trainer import PolicyTrainer  # noqa: E402
 from gvm.verify import Verifier  # noqa: E402
 
-SAMPLERS = ("uniform", "uniform2x", "gvm-paper", "gvm", "gvm-both", "ours", "ours-revisit")
+BASE_SAMPLERS = ("uniform", "uniform2x", "gvm-paper", "gvm", "gvm-both", "ours", "ours-revisit")
+REWEIGHTED = "-iw"   # suffix: the same sampler with sampler.reweight=true
+SAMPLERS = BASE_SAMPLERS + tuple(name + REWEIGHTED for name in ("gvm-paper", "gvm", "ours", "ours-revisit"))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,10 +82,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
     p.add_argument("--extra", nargs="*", default=["task.slip_rate=0"], help="run-config overrides (the task)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = set(args.samplers.split(",")) - set(SAMPLERS)
+    if unknown:
+        p.error(f"unknown --samplers {sorted(unknown)}; choose from {list(SAMPLERS)}")
+    if "uniform" not in args.samplers.split(","):
+        p.error("--samplers must include uniform (every ratio is to uniform's distance)")
+    return args
 
 
 def sampler_overrides(name: str, n: int, m: int, pilot: int) -> list[str]:
+    if name.endswith(REWEIGHTED):
+        return [*sampler_overrides(name[:-len(REWEIGHTED)], n, m, pilot), "sampler.reweight=true"]
     return {
         "uniform": ["sampler.kind=uniform", f"sampler.n_per_prompt={n}"],
         "uniform2x": ["sampler.kind=uniform", f"sampler.n_per_prompt={2 * n}"],
@@ -125,15 +138,16 @@ def flat_gradient(model, samples, weights, per_token: bool) -> torch.Tensor:
     return torch.cat([p.grad.detach().double().flatten() for p in model.parameters() if p.grad is not None])
 
 
-def estimates(model, collected, algorithm, tag: str) -> dict[str, torch.Tensor]:
-    """The per-prompt and token-mean estimates of one draw."""
-    data = make_samples(collected.batch, algorithm, tag, baseline=collected.baseline)
+def estimates(model, collected, algorithm, tag: str, reweight: bool = False) -> dict[str, torch.Tensor]:
+    """The per-prompt and token-mean estimates of one draw (`reweight`: the trainer's loss weights
+    in the token mean; the per-prompt mean needs none)."""
+    data = make_samples(collected.batch, algorithm, tag, baseline=collected.baseline, reweight=reweight)
     if not data.samples:
         size = sum(p.numel() for p in model.parameters())
         return {"per-prompt": torch.zeros(size, dtype=torch.float64), "token-mean": torch.zeros(size, dtype=torch.float64)}
     advantages = [float(s.advantage) for s in data.samples]
     trained = np.bincount(data.owners, minlength=len(collected.batch.prompts))
-    per_prompt = [a / trained[o] for a, o in zip(advantages, data.owners)]
+    per_prompt = [a / w / trained[o] for a, w, o in zip(advantages, data.weights, data.owners)]
     return {"per-prompt": flat_gradient(model, data.samples, per_prompt, per_token=False),
             "token-mean": flat_gradient(model, data.samples, advantages, per_token=True)}
 
@@ -179,7 +193,7 @@ def measure(args, model_name: str, model_dir: str, algorithm_name: str, prompts,
         for rep in range(args.reps):
             stats = PromptStats()
             sampler = sampler_for(name, stats)
-            if name == "ours-revisit":   # one earlier visit of n samples per prompt, in the history
+            if name.startswith("ours-revisit"):   # one earlier visit of n samples per prompt, in the history
                 earlier = sampler_for("uniform", stats).collect(rep)
                 stats.visit([p.key for p in prompts], -1, sampler.cfg.history_decay)
                 stats.count_outcomes([p.key for p in earlier.batch.prompts], *outcome_counts(earlier.batch))
@@ -192,7 +206,7 @@ def measure(args, model_name: str, model_dir: str, algorithm_name: str, prompts,
                                                           objective=sampler.objective))
             else:
                 predicted.append(1.0)
-            for kind, value in estimates(model, collected, algorithm, f"{name}/{rep}").items():
+            for kind, value in estimates(model, collected, algorithm, f"{name}/{rep}", sampler.cfg.reweight).items():
                 distances[kind].append(float((value - reference[kind]).pow(2).sum()))
             timer.pop()
         results[name] = {"distances": distances, "R_pred": statistics.mean(p for p in predicted if math.isfinite(p)),

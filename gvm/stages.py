@@ -34,13 +34,34 @@ class TrainData:
     completions: list           # the engine's Completion of each (its log-probs)
     owners: list[int]           # prompt index of each
     rewards: list[float]        # verifier reward of each
+    weights: list[float] = dataclasses.field(default_factory=list)  # loss weight folded into each advantage
+
+
+def allocation_weights(lengths, owners, counts) -> np.ndarray:
+    """Loss weights c / n_i per trained sample (n_i: the samples its prompt drew in the batch).
+
+    The trainer's token-mean loss sums every trained sample's gradient, so a prompt given n_i
+    samples weighs n_i times as much: an uneven allocation changes which gradient the step
+    estimates, not only its noise. 1 / n_i puts each prompt back at the weight uniform sampling
+    gives it (in expectation: n_i draws of weight 1 / n_i), and c makes the weighted token count
+    equal to the token count, so the step keeps its size. Even counts give all ones."""
+    lengths, owners = np.asarray(lengths, dtype=np.float64), np.asarray(owners, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.float64)
+    if lengths.size == 0:
+        return np.ones(0)
+    if np.any(counts[owners] < 1):
+        raise ValueError("every trained sample's prompt must have drawn at least one sample")
+    raw = 1.0 / counts[owners]
+    return raw * lengths.sum() / (raw * lengths).sum()
 
 
 def make_samples(batch: RolloutBatch, algorithm: Algorithm, tag: str,
-                 baseline: RolloutBatch | None = None) -> TrainData:
+                 baseline: RolloutBatch | None = None, *, reweight: bool = False) -> TrainData:
     """Training samples of a verified RolloutBatch. Advantages per the algorithm, with each
     prompt's `baseline` rewards (the pilot's) joining its group statistics; only the samples the
-    algorithm selects (RAFT: accepted ones) and that hold at least one token are kept."""
+    algorithm selects (RAFT: accepted ones) and that hold at least one token are kept.
+    `reweight`: each advantage times `allocation_weights` (positive, so the clipped surrogate
+    scales the same way), for samplers that give prompts unequal counts."""
     data = TrainData([], [], [], [])
     flat = [(i, j) for i, row in enumerate(batch.completions) for j in range(len(row))]
     if not flat:
@@ -62,6 +83,12 @@ def make_samples(batch: RolloutBatch, algorithm: Algorithm, tag: str,
         data.completions.append(completion)
         data.owners.append(i)
         data.rewards.append(float(reward))
+    data.weights = [1.0] * len(data.samples)
+    if reweight and data.samples:
+        weights = allocation_weights([len(s.response_ids) for s in data.samples], data.owners,
+                                     [len(row) for row in batch.completions])
+        data.weights = weights.tolist()
+        data.samples = [dataclasses.replace(s, advantage=s.advantage * w) for s, w in zip(data.samples, data.weights)]
     return data
 
 
@@ -106,6 +133,16 @@ def train_on(trainer, data: TrainData, algorithm: Algorithm, *, epochs: int, mis
     result["grad_norms"] = norms
     result["grad_norms_exact_frac"] = float(np.mean(list(exact.values()))) if exact else math.nan
     return result
+
+
+def unweighted_norms(norms: dict, data: TrainData) -> list[float | None]:
+    """Each trained sample's gradient norm without its loss weight (G_i describes the prompt, not
+    the weight the allocation gave it; None where the backward measured none)."""
+    out = []
+    for sample, weight in zip(data.samples, data.weights):
+        value = norms.get(sample.sample_id)
+        out.append(None if value is None else value / weight)
+    return out
 
 
 def train_summary(metrics: dict) -> dict:

@@ -52,7 +52,7 @@ from gvm.loop_state import save_checkpoint
 from gvm.run_log import acceptance_histogram, count_spread
 from gvm.run_setup import Run, start_run
 from gvm.samplers import Collected
-from gvm.stages import TrainData, make_samples, train_on, train_summary, useful_samples
+from gvm.stages import TrainData, make_samples, train_on, train_summary, unweighted_norms, useful_samples
 
 
 def main(cfg: RunConfig) -> dict:
@@ -72,13 +72,14 @@ def main(cfg: RunConfig) -> dict:
         state.prompts_drawn = run.stream.position
 
         # Train on them (RAFT / RAFT++ / GRPO), then push the new weights into the engine.
-        data = make_samples(collected.batch, run.algorithm, f"{it}/main", baseline=collected.baseline)
+        data = make_samples(collected.batch, run.algorithm, f"{it}/main", baseline=collected.baseline,
+                            reweight=cfg.sampler.reweight)
         with swap.training(), timer("train"):
             train = train_on(run.trainer, data, run.algorithm, epochs=cfg.epochs, mismatch=cfg.rollout.mismatch,
                              rng_key=[cfg.seed, it, 2])
         failpoint("train")
         run.sampler.observe_training([p.key for p in collected.batch.prompts], data.owners,
-                                     [train["grad_norms"].get(s.sample_id) for s in data.samples])
+                                     unweighted_norms(train["grad_norms"], data))
         swap.sync()
         state.seconds += time.perf_counter() - iteration_start
         state.iteration = it + 1

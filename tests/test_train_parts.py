@@ -14,7 +14,7 @@ from gvm.engines.base import Completion
 from gvm.rollouts import RolloutBatch, deal
 from gvm.run_log import acceptance_histogram, format_header, format_row
 from gvm.stats import PromptStats
-from gvm.stages import allocate_counts, make_samples
+from gvm.stages import TrainData, allocate_counts, allocation_weights, make_samples, unweighted_norms
 
 SEED = seed_for(__name__)  # this module's seed (tests/_seed.py: replay with GVM_TEST_SEED)
 
@@ -114,6 +114,51 @@ def test_make_samples_keeps_what_the_algorithm_trains_on(rng, name):
         assert list(sample.response_ids) == batch.completions[i][j].token_ids
         if name != "grpo":
             assert sample.advantage == 1.0
+
+
+def test_allocation_weights_give_every_prompt_uniform_samplings_weight(rng):
+    """With a fixed length and gradient per prompt, the weighted token sum is uniform's direction
+    whatever the counts (each prompt weighs as one of uniform's draws), and the weighted token count
+    is the token count; even counts give all ones."""
+    prompts = int(rng.integers(2, 9))
+    counts = rng.integers(1, 13, size=prompts)
+    owners = np.repeat(np.arange(prompts), counts)
+    length = rng.integers(1, 40, size=prompts)
+    grads = rng.normal(size=(prompts, 3))
+    weights = allocation_weights(length[owners], owners, counts)
+    assert np.all(weights > 0)
+    assert np.isclose((weights * length[owners]).sum(), length[owners].sum(), rtol=1e-12)
+    weighted = (weights[:, None] * length[owners, None] * grads[owners]).sum(axis=0)
+    uniform = (length[:, None] * grads).sum(axis=0)        # one draw per prompt, weight 1
+    scale = weighted @ uniform / (uniform @ uniform)
+    assert np.allclose(weighted, scale * uniform, rtol=1e-10, atol=1e-12)
+    even = np.full(prompts, int(rng.integers(1, 9)))
+    lengths = rng.integers(1, 40, size=int(even.sum()))
+    assert np.allclose(allocation_weights(lengths, np.repeat(np.arange(prompts), even), even), 1.0, rtol=1e-12)
+
+
+def test_allocation_weights_refuse_a_sample_of_a_prompt_that_drew_none():
+    with pytest.raises(ValueError, match="at least one sample"):
+        allocation_weights([3, 4], [0, 1], [2, 0])
+
+
+@pytest.mark.parametrize("name", ["raft++", "grpo"])
+def test_reweighted_samples_carry_their_weight_in_the_advantage(rng, name):
+    algorithm = get_algorithm(name)
+    batch = _batch(rng, [int(n) for n in rng.integers(1, 8, size=6)])
+    plain, weighted = make_samples(batch, algorithm, "t"), make_samples(batch, algorithm, "t", reweight=True)
+    assert plain.weights == [1.0] * len(plain.samples)
+    assert [s.sample_id for s in weighted.samples] == [s.sample_id for s in plain.samples]
+    expected = allocation_weights([len(s.response_ids) for s in plain.samples], plain.owners,
+                                  [len(row) for row in batch.completions])
+    assert np.allclose(weighted.weights, expected, rtol=1e-12)
+    for a, b, w in zip(plain.samples, weighted.samples, weighted.weights):
+        assert math.isclose(b.advantage, a.advantage * w, rel_tol=1e-12, abs_tol=1e-15)
+    norms = {s.sample_id: float(rng.uniform(0.1, 5)) for s in weighted.samples[::2]}
+    back = unweighted_norms({k: v for k, v in norms.items()}, weighted)
+    for sample, weight, value in zip(weighted.samples, weighted.weights, back):
+        assert value is None if sample.sample_id not in norms else math.isclose(value * weight, norms[sample.sample_id])
+    assert unweighted_norms({}, TrainData([], [], [], [])) == []
 
 
 # ----------------------------------------------------------------------------- rollouts, data
