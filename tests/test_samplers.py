@@ -66,11 +66,11 @@ def test_gvm_pilot_step_is_the_old_two_calls(tmp_path, warm_model, seed):
     assert rows[-1]["train"]["step"] > 2 * ITERATIONS                                # pilot steps come on top
 
 
-@pytest.mark.parametrize("algorithm", ["raft++", "grpo"])
-def test_adaptive_amortises_its_pilot_and_never_overspends(tmp_path, warm_model, seed, algorithm):
+@pytest.mark.parametrize("algorithm,reweight", [("raft++", "false"), ("grpo", "false"), ("grpo", "true")])
+def test_adaptive_amortises_its_pilot_and_never_overspends(tmp_path, warm_model, seed, algorithm, reweight):
     budget = M * N
     rows, audits, _ = _run(tmp_path, warm_model, seed, "sampler.kind=adaptive", f"algorithm={algorithm}",
-                           f"sampler.budget={budget}")
+                           f"sampler.budget={budget}", f"sampler.reweight={reweight}")
     # 16 training prompts, 8 per iteration: iterations 1-2 see each once (a pilot), 3 comes back
     assert rows[0]["pilot_samples"] == M * PILOT and rows[1]["pilot_samples"] == M * PILOT
     for row, audit in zip(rows, audits):
