@@ -22,7 +22,7 @@ away, unsolved skipped, no cap), gvm (pilot kept, the run defaults), gvm-both (t
 from embedding + LM head instead of the embedding alone), ours (adaptive, first visit: a pilot),
 ours-revisit (adaptive with one earlier visit of n samples per prompt in its history: no pilot).
 A name ending in -iw is that sampler with `sampler.reweight=true`: each sample's loss weight
-c / n_i (gvm.stages.allocation_weights) undoes the allocation's re-weighting of the token mean, so
+n_bar / n_i (gvm.stages.allocation_weights) undoes the allocation's re-weighting of the token mean, so
 that estimator targets the same gradient as uniform's (the per-prompt one is left as it is).
 DAPO is left out: it replaces prompts of the batch with others, so its estimate is of another
 gradient; the convergence benchmark measures it.

@@ -135,7 +135,7 @@ class SamplerConfig:
                                          # adaptive: all of them, pilot included); null: n_per_prompt * prompts
     objective: str = AUTO_OBJECTIVE      # the allocation objective: "auto" is the algorithm's (RAFT's for RAFT and
                                          # RAFT++, GRPO's for GRPO; docs/allocation.md), or "raft" / "grpo"
-    reweight: bool = False               # gvm, adaptive: each sample's loss weight c / n_i (gvm.stages.allocation_weights),
+    reweight: bool = False               # gvm, adaptive: each sample's loss weight n_bar / n_i (gvm.stages.allocation_weights),
                                          # so the token-mean loss estimates uniform sampling's gradient; off: the paper
     # The allocation rule's settings: defaults are allocate()'s (the paper's) except where noted.
     alpha: float = ALLOCATE_DEFAULTS["alpha"]        # w_i = G_i / sqrt(p_i + alpha p_i^(1 - beta))

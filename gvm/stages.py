@@ -37,22 +37,22 @@ class TrainData:
     weights: list[float] = dataclasses.field(default_factory=list)  # loss weight folded into each advantage
 
 
-def allocation_weights(lengths, owners, counts) -> np.ndarray:
-    """Loss weights c / n_i per trained sample (n_i: the samples its prompt drew in the batch).
+def allocation_weights(owners, counts) -> np.ndarray:
+    """Loss weights n_bar / n_i per trained sample: n_i the samples its prompt drew in the batch,
+    n_bar their mean over the batch's prompts.
 
     The trainer's token-mean loss sums every trained sample's gradient, so a prompt given n_i
     samples weighs n_i times as much: an uneven allocation changes which gradient the step
-    estimates, not only its noise. 1 / n_i puts each prompt back at the weight uniform sampling
-    gives it (in expectation: n_i draws of weight 1 / n_i), and c makes the weighted token count
-    equal to the token count, so the step keeps its size. Even counts give all ones."""
-    lengths, owners = np.asarray(lengths, dtype=np.float64), np.asarray(owners, dtype=np.int64)
-    counts = np.asarray(counts, dtype=np.float64)
-    if lengths.size == 0:
+    estimates, not only its noise. With these weights every prompt weighs what it would under an
+    even split of the same samples (n_i draws of weight n_bar / n_i), and the token count that
+    divides the loss is the same samples' as before (about uniform's at the same budget), so the
+    step keeps uniform's scale. Even counts give all ones."""
+    owners, counts = np.asarray(owners, dtype=np.int64), np.asarray(counts, dtype=np.float64)
+    if owners.size == 0:
         return np.ones(0)
     if np.any(counts[owners] < 1):
         raise ValueError("every trained sample's prompt must have drawn at least one sample")
-    raw = 1.0 / counts[owners]
-    return raw * lengths.sum() / (raw * lengths).sum()
+    return counts.mean() / counts[owners]
 
 
 def make_samples(batch: RolloutBatch, algorithm: Algorithm, tag: str,
@@ -85,8 +85,7 @@ def make_samples(batch: RolloutBatch, algorithm: Algorithm, tag: str,
         data.rewards.append(float(reward))
     data.weights = [1.0] * len(data.samples)
     if reweight and data.samples:
-        weights = allocation_weights([len(s.response_ids) for s in data.samples], data.owners,
-                                     [len(row) for row in batch.completions])
+        weights = allocation_weights(data.owners, [len(row) for row in batch.completions])
         data.weights = weights.tolist()
         data.samples = [dataclasses.replace(s, advantage=s.advantage * w) for s, w in zip(data.samples, data.weights)]
     return data

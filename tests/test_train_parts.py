@@ -116,30 +116,27 @@ def test_make_samples_keeps_what_the_algorithm_trains_on(rng, name):
             assert sample.advantage == 1.0
 
 
-def test_allocation_weights_give_every_prompt_uniform_samplings_weight(rng):
-    """With a fixed length and gradient per prompt, the weighted token sum is uniform's direction
-    whatever the counts (each prompt weighs as one of uniform's draws), and the weighted token count
-    is the token count; even counts give all ones."""
+def test_allocation_weights_give_every_prompt_an_even_splits_weight(rng):
+    """With a fixed gradient per prompt and every sample trained, the weighted sum is what an even
+    split of the same samples gives, n_bar x the sum of the prompts' gradients, whatever the counts
+    (a prompt given no sample adds nothing); even counts give all ones."""
     prompts = int(rng.integers(2, 9))
-    counts = rng.integers(1, 13, size=prompts)
+    counts = rng.integers(0, 13, size=prompts)
+    counts[int(rng.integers(prompts))] = int(rng.integers(1, 13))        # at least one prompt drew samples
     owners = np.repeat(np.arange(prompts), counts)
-    length = rng.integers(1, 40, size=prompts)
     grads = rng.normal(size=(prompts, 3))
-    weights = allocation_weights(length[owners], owners, counts)
+    weights = allocation_weights(owners, counts)
     assert np.all(weights > 0)
-    assert np.isclose((weights * length[owners]).sum(), length[owners].sum(), rtol=1e-12)
-    weighted = (weights[:, None] * length[owners, None] * grads[owners]).sum(axis=0)
-    uniform = (length[:, None] * grads).sum(axis=0)        # one draw per prompt, weight 1
-    scale = weighted @ uniform / (uniform @ uniform)
-    assert np.allclose(weighted, scale * uniform, rtol=1e-10, atol=1e-12)
-    even = np.full(prompts, int(rng.integers(1, 9)))
-    lengths = rng.integers(1, 40, size=int(even.sum()))
-    assert np.allclose(allocation_weights(lengths, np.repeat(np.arange(prompts), even), even), 1.0, rtol=1e-12)
+    weighted = (weights[:, None] * grads[owners]).sum(axis=0)
+    even = counts.mean() * grads[counts > 0].sum(axis=0)
+    assert np.allclose(weighted, even, rtol=1e-10, atol=1e-12)
+    same = np.full(prompts, int(rng.integers(1, 9)))
+    assert np.allclose(allocation_weights(np.repeat(np.arange(prompts), same), same), 1.0, rtol=1e-12)
 
 
 def test_allocation_weights_refuse_a_sample_of_a_prompt_that_drew_none():
     with pytest.raises(ValueError, match="at least one sample"):
-        allocation_weights([3, 4], [0, 1], [2, 0])
+        allocation_weights([0, 1], [2, 0])
 
 
 @pytest.mark.parametrize("name", ["raft++", "grpo"])
@@ -149,8 +146,7 @@ def test_reweighted_samples_carry_their_weight_in_the_advantage(rng, name):
     plain, weighted = make_samples(batch, algorithm, "t"), make_samples(batch, algorithm, "t", reweight=True)
     assert plain.weights == [1.0] * len(plain.samples)
     assert [s.sample_id for s in weighted.samples] == [s.sample_id for s in plain.samples]
-    expected = allocation_weights([len(s.response_ids) for s in plain.samples], plain.owners,
-                                  [len(row) for row in batch.completions])
+    expected = allocation_weights(plain.owners, [len(row) for row in batch.completions])
     assert np.allclose(weighted.weights, expected, rtol=1e-12)
     for a, b, w in zip(plain.samples, weighted.samples, weighted.weights):
         assert math.isclose(b.advantage, a.advantage * w, rel_tol=1e-12, abs_tol=1e-15)
