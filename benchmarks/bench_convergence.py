@@ -16,6 +16,8 @@ method generates per iteration and where they go:
     dapo       n per drawn prompt, groups without gradient dropped, prompts drawn until the batch is full
     gvm        the paper: a pilot of N' per prompt thrown away, (n - N') per prompt allocated, unsolved skipped
     ours       sampler.kind=adaptive with `--ours-budget` x n samples per prompt in all, pilot included
+    gvm-iw, ours-iw  the same with sampler.reweight=true (loss weights n_bar / n_i: the token mean
+               estimates uniform's gradient whatever the allocation)
 
 A method that generates fewer samples per iteration than uniform runs more iterations (at least
 uniform's samples in all), so that "samples to reach uniform's final accuracy" exists for it.
@@ -41,13 +43,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from curves import bootstrap_median, cost_to_reach, mean_and_se, paired_ratios  # noqa: E402
-from harness import RESULTS_DIR, append_results, machine_name  # noqa: E402
+from harness import REWEIGHTED, RESULTS_DIR, append_results, machine_name, reweighted  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from gvm.algorithms import ALGORITHMS  # noqa: E402
 TRAIN = REPO / "gvm" / "train.py"
-METHODS = ("uniform", "uniform-half", "uniform2x", "dapo", "gvm", "ours")
+BASE_METHODS = ("uniform", "uniform-half", "uniform2x", "dapo", "gvm", "ours")
+METHODS = BASE_METHODS + ("gvm" + REWEIGHTED, "ours" + REWEIGHTED)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,6 +86,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def method_overrides(args, method: str) -> list[str]:
     """The sampler settings of a method (the rest is common to all)."""
+    return reweighted(method, lambda base: _base_overrides(args, base))
+
+
+def _base_overrides(args, method: str) -> list[str]:
     n, m = args.per_prompt, args.prompts
     return {
         "uniform": ["sampler.kind=uniform", f"sampler.n_per_prompt={n}"],
@@ -133,7 +140,7 @@ def iterations_of(args, method: str) -> int:
     """Iterations a method runs: at least the samples uniform generates in --iterations (a method that
     spends less per iteration runs longer, so that it can reach uniform's final accuracy at all)."""
     per_iteration = {"uniform-half": max(2, args.per_prompt // 2) / args.per_prompt,
-                     "ours": args.ours_budget}.get(method, 1.0)
+                     "ours": args.ours_budget}.get(method.removesuffix(REWEIGHTED), 1.0)
     return max(args.iterations, math.ceil(args.iterations / per_iteration))
 
 

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS_DIR, append_results, machine_name  # noqa: E402
+from harness import REWEIGHTED, RESULTS_DIR, append_results, machine_name, reweighted  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -65,7 +65,6 @@ from gvm.trainer import PolicyTrainer  # noqa: E402
 from gvm.verify import Verifier  # noqa: E402
 
 BASE_SAMPLERS = ("uniform", "uniform2x", "gvm-paper", "gvm", "gvm-both", "ours", "ours-revisit")
-REWEIGHTED = "-iw"   # suffix: the same sampler with sampler.reweight=true
 SAMPLERS = BASE_SAMPLERS + tuple(name + REWEIGHTED for name in ("gvm-paper", "gvm", "ours", "ours-revisit"))
 
 
@@ -92,8 +91,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def sampler_overrides(name: str, n: int, m: int, pilot: int) -> list[str]:
-    if name.endswith(REWEIGHTED):
-        return [*sampler_overrides(name[:-len(REWEIGHTED)], n, m, pilot), "sampler.reweight=true"]
+    return reweighted(name, lambda base: _base_overrides(base, n, m, pilot))
+
+
+def _base_overrides(name: str, n: int, m: int, pilot: int) -> list[str]:
     return {
         "uniform": ["sampler.kind=uniform", f"sampler.n_per_prompt={n}"],
         "uniform2x": ["sampler.kind=uniform", f"sampler.n_per_prompt={2 * n}"],

@@ -22,6 +22,15 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS_CSV = RESULTS_DIR / "results.csv"
 CSV_FIELDS = ["benchmark", "case", "metric", "value", "unit", "machine", "commit", "time"]
+# A sampler or method name ending in this is the same one with loss weights n_bar / n_i (sampler.reweight).
+REWEIGHTED = "-iw"
+
+
+def reweighted(name: str, overrides: Callable[[str], list[str]]) -> list[str]:
+    """The overrides of `name`, plus sampler.reweight=true when it ends in REWEIGHTED."""
+    if name.endswith(REWEIGHTED):
+        return [*overrides(name.removesuffix(REWEIGHTED)), "sampler.reweight=true"]
+    return overrides(name)
 
 
 def machine_name() -> str:
