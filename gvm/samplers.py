@@ -20,6 +20,7 @@ iteration (`pilot_step` trains gvm's pilot in a step of its own first, as before
 """
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from gvm.prompts import Prompt, PromptStream
 from gvm.rollouts import RolloutBatch
 from gvm.stages import allocate_counts, make_samples, pilot_grad_norms, train_on, train_summary
 from gvm.stats import PromptStats, pilot_sizes, posterior_mean, prob_useful, round_budgets
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -207,6 +210,14 @@ class GVMSampler(Sampler):
 class AdaptiveSampler(Sampler):
     """Ours (see the module docstring and docs/allocation.md)."""
     name = "adaptive"
+
+    def __init__(self, context: SamplerContext) -> None:
+        super().__init__(context)
+        if self.cfg.reweight:
+            log.warning("sampler.reweight with the adaptive sampler: its rounds choose each prompt's count "
+                        "from the samples it already drew, so the weights n_bar / n_i are biased "
+                        "(docs/allocation.md; benchmarks/bench_variance.py measured a larger gradient error). "
+                        "They are unbiased for sampler.kind=gvm with reuse_pilot_samples=false.")
 
     def collect(self, iteration: int) -> Collected:
         ctx, cfg = self.ctx, self.cfg
