@@ -32,6 +32,14 @@ def test_a_method_that_never_reaches_the_target_gets_no_credit():
     assert ratios == {0: 2.0, 1: 0.0}                              # seed 2: the baseline itself never got there
 
 
+def test_a_baseline_that_ends_no_better_than_it_started_leaves_its_seed_out():
+    accuracies = [0.23, 0.04, 0.02]                     # a collapsed run: its final is below its start
+    target = sum(accuracies[-2:]) / 2
+    base = cost_to_reach([0.0, 100.0, 200.0], accuracies, target)
+    assert base == 0.0
+    assert paired_ratios({0: base, 1: 400.0}, {0: (0.0, 200.0), 1: (200.0, 400.0)}) == {1: 2.0}
+
+
 def test_bootstrap_interval_holds_the_median(seed):
     rng = random.Random(seed)
     values = [rng.lognormvariate(0, 0.3) for _ in range(7)]
