@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
 from typing import Any
 
 import torch
@@ -21,10 +22,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+PORT_ATTEMPTS = 5   # single-process runs: ports tried for the process group's store
+
+
 def init_distributed() -> None:
     """Join (or create) the default process group: NCCL on CUDA, gloo on the CPU. Idempotent."""
     if dist.is_available() and dist.is_initialized():
         return
+    own_port = "WORLD_SIZE" not in os.environ and "MASTER_PORT" not in os.environ
     if "WORLD_SIZE" not in os.environ:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
@@ -36,9 +41,17 @@ def init_distributed() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        deepspeed.init_distributed(dist_backend="nccl")
-    else:
-        deepspeed.init_distributed(dist_backend="gloo")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            deepspeed.init_distributed(dist_backend=backend)
+            return
+        except dist.DistNetworkError as error:
+            # A port we picked ourselves can be taken between _free_port() and the store's bind
+            # (seen in CI: EADDRINUSE); pick another. A port the user or launcher set is kept.
+            if not own_port or "EADDRINUSE" not in str(error) or attempt == PORT_ATTEMPTS - 1:
+                raise
+            os.environ["MASTER_PORT"] = str(_free_port())
 
 
 def rank() -> int:
@@ -77,6 +90,18 @@ def shutdown() -> None:
     collective, so it is safe on an error path too."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_after_success() -> None:
+    """For a launched worker whose work is done and written: flush stdout / stderr, destroy the
+    process group, and end the process without interpreter teardown. Even after shutdown(), a rank
+    has been seen to abort in teardown's C++ destructors ("terminate called without an active
+    exception", SIGABRT, after its results were on disk), failing a run that succeeded. Only for
+    the success path: an error should still unwind normally."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    shutdown()
+    os._exit(0)
 
 
 def add_launcher_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ import json
 import sys
 
 from gvm.config import load_config
-from gvm.distributed import shutdown
+from gvm.distributed import exit_after_success, shutdown
 from gvm.engines.hf_engine import HFEngine
 from gvm.trainer import PolicyTrainer
 
@@ -75,6 +75,8 @@ if __name__ == "__main__":
 
     try:
         summary = main(load_config(None, sys.argv[1:]))
-    finally:
+    except BaseException:
         shutdown()
+        raise
     print("PHASES " + json.dumps({**seen, "samples": summary["samples_generated"]}))
+    exit_after_success()

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gvm.distributed import shutdown
+from gvm.distributed import exit_after_success, shutdown
 from gvm.engines.base import SamplingConfig
 from gvm.engines.factory import make_engine
 from gvm.engines.vllm_engine import VLLMEngineConfig
@@ -219,5 +219,7 @@ def run_trainer_phase(args) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    finally:
+    except BaseException:
         shutdown()
+        raise
+    exit_after_success()

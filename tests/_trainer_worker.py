@@ -61,8 +61,10 @@ def main() -> None:
     torch.set_num_threads(1)  # two ranks share the CI machine's two cores
     try:
         run_scenario(args.model, args.samples, args.out)
-    finally:
+    except BaseException:
         gdist.shutdown()
+        raise
+    gdist.exit_after_success()
 
 
 if __name__ == "__main__":
