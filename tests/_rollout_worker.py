@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gvm.distributed import exit_after_success, shutdown
+from gvm.distributed import shutdown
 from gvm.engines.base import SamplingConfig
 from gvm.engines.factory import make_engine
 from gvm.engines.vllm_engine import VLLMEngineConfig
@@ -217,9 +217,9 @@ def run_trainer_phase(args) -> dict:
 
 
 if __name__ == "__main__":
+    # Not exit_after_success(): vLLM's CPU communicator removes its /dev/shm segments in teardown,
+    # and a segment left behind makes the next launch fail (EEXIST).
     try:
         main()
-    except BaseException:
+    finally:
         shutdown()
-        raise
-    exit_after_success()
