@@ -97,9 +97,9 @@ def exit_after_success() -> None:
     process group, and end the process without interpreter teardown. Even after shutdown(), a rank
     has been seen to abort in teardown's C++ destructors ("terminate called without an active
     exception", SIGABRT, after its results were on disk), failing a run that succeeded. Only for
-    the success path: an error should still unwind normally; and not in a process that holds a
-    vLLM engine, whose teardown removes the engine's /dev/shm segments (left behind, they make the
-    next launch fail with EEXIST)."""
+    the success path: an error should still unwind normally; and not in a rank of a multi-rank
+    vLLM group, whose teardown removes the group's /dev/shm segments (left behind, they make the
+    next launch fail with EEXIST; a single-process engine leaves none, seen in test_colocation)."""
     sys.stdout.flush()
     sys.stderr.flush()
     shutdown()
