@@ -16,6 +16,8 @@ method generates per iteration and where they go:
     dapo       n per drawn prompt, groups without gradient dropped, prompts drawn until the batch is full
     gvm        the paper: a pilot of N' per prompt thrown away, (n - N') per prompt allocated, unsolved skipped
     ours       sampler.kind=adaptive with `--ours-budget` x n samples per prompt in all, pilot included
+    screened   sampler.kind=screened at n/2 per prompt (as uniform-half): prompts whose history says
+               their group will carry no gradient are skipped before generating, others drawn instead
     gvm-iw, ours-iw  the same with sampler.reweight=true (loss weights n_bar / n_i: the token mean
                estimates uniform's gradient whatever the allocation)
 
@@ -49,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from gvm.algorithms import ALGORITHMS  # noqa: E402
 TRAIN = REPO / "gvm" / "train.py"
-BASE_METHODS = ("uniform", "uniform-half", "uniform2x", "dapo", "gvm", "ours")
+BASE_METHODS = ("uniform", "uniform-half", "uniform2x", "dapo", "gvm", "ours", "screened")
 METHODS = BASE_METHODS + ("gvm" + REWEIGHTED, "ours" + REWEIGHTED)
 
 
@@ -94,13 +96,19 @@ def _base_overrides(args, method: str) -> list[str]:
     return {
         "uniform": ["sampler.kind=uniform", f"sampler.n_per_prompt={n}"],
         "uniform2x": ["sampler.kind=uniform", f"sampler.n_per_prompt={2 * n}"],
-        "uniform-half": ["sampler.kind=uniform", f"sampler.n_per_prompt={max(2, n // 2)}"],
+        "uniform-half": ["sampler.kind=uniform", f"sampler.n_per_prompt={half_n(args)}"],
+        "screened": ["sampler.kind=screened", f"sampler.n_per_prompt={half_n(args)}"],
         "dapo": ["sampler.kind=dapo", f"sampler.n_per_prompt={n}"],
         "gvm": ["sampler.kind=gvm", f"sampler.pilot_n={args.pilot}", f"sampler.budget={(n - args.pilot) * m}",
                 "sampler.reuse_pilot_samples=false", "sampler.zero_accept=skip", "sampler.max_per_prompt=null"],
         "ours": ["sampler.kind=adaptive", f"sampler.pilot_n={args.pilot}",
                  f"sampler.budget={max(1, round(args.ours_budget * n * m))}"],
     }[method]
+
+
+def half_n(args) -> int:
+    """uniform-half's and screened's samples per prompt."""
+    return max(2, args.per_prompt // 2)
 
 
 def _command(args, overrides: list[str]) -> list[str]:
@@ -139,7 +147,8 @@ def run(args, name: str, overrides: list[str], iterations: int) -> Path:
 def iterations_of(args, method: str) -> int:
     """Iterations a method runs: at least the samples uniform generates in --iterations (a method that
     spends less per iteration runs longer, so that it can reach uniform's final accuracy at all)."""
-    per_iteration = {"uniform-half": max(2, args.per_prompt // 2) / args.per_prompt,
+    half = half_n(args) / args.per_prompt
+    per_iteration = {"uniform-half": half, "screened": half,
                      "ours": args.ours_budget}.get(method.removesuffix(REWEIGHTED), 1.0)
     return max(args.iterations, math.ceil(args.iterations / per_iteration))
 

@@ -164,6 +164,11 @@ class SamplerConfig:
     rounds: int = 2                      # the budget after the pilot is spent in this many rounds
     min_useful: float = 0.2              # a prompt takes part in a round when the chance that its samples carry
                                          # gradient (an accepted one; for GRPO both outcomes) is at least this
+    # screened (prior and history_decay as adaptive)
+    screen_min_useful: float = 0.45      # a prompt is sampled when the chance that its n_per_prompt samples carry
+                                         # gradient is at least this (n = 4: a last group without gradient,
+                                         # faded once, reads 0.38-0.40: skipped once; 1 for a prompt without history)
+    screen_max_draws: int = 4            # prompts drawn per iteration, at most, x prompts_per_iteration
 
     def __post_init__(self) -> None:
         require(self.kind in SAMPLERS, "sampler.kind", self.kind, f"must be one of {SAMPLERS}")
@@ -196,6 +201,9 @@ class SamplerConfig:
                 self.amortise_after, "must be > 0 or null (always a pilot)")
         require(self.rounds >= 1, "sampler.rounds", self.rounds, "must be >= 1")
         require(0 <= self.min_useful <= 1, "sampler.min_useful", self.min_useful, "must lie in [0, 1]")
+        require(0 <= self.screen_min_useful <= 1, "sampler.screen_min_useful", self.screen_min_useful,
+                "must lie in [0, 1] (0: screen nothing)")
+        require(self.screen_max_draws >= 1, "sampler.screen_max_draws", self.screen_max_draws, "must be >= 1")
 
     @property
     def reuses_pilot(self) -> bool:

@@ -169,7 +169,7 @@ def predicted_ratio(run: Run, collected: Collected) -> float:
 def phases(cfg: RunConfig) -> list[str]:
     """The table's phase columns, in loop order."""
     sampler = cfg.sampler
-    if sampler.kind in ("uniform", "dapo"):
+    if sampler.kind in ("uniform", "dapo", "screened"):
         return ["rollout", "verify", "train", "sync", "eval"]
     if sampler.kind == "adaptive":
         return ["pilot_rollout", "rollout", "verify", "train", "sync", "eval"]

@@ -11,6 +11,7 @@ from _tiny_runs import QUIET, TASK, TRAIN, run_script
 
 from gvm.allocation import allocate
 from gvm.config import load_config
+from gvm.stats import prob_useful
 
 pytest.importorskip("deepspeed")
 
@@ -93,3 +94,35 @@ def test_adaptive_amortises_its_pilot_and_never_overspends(tmp_path, warm_model,
         history = np.add(*audit["prior_counts"])
         assert audit["pilot"] == [0 if h >= 2 else PILOT for h in history]
     assert sum(r["pilot_samples"] for r in rows[2:]) <= sum(r["pilot_samples"] for r in rows[:2])
+
+
+@pytest.mark.parametrize("algorithm", ["raft++", "grpo"])
+def test_screened_skips_exactly_the_prompts_its_posterior_rule_screens_out(tmp_path, warm_model, seed, algorithm):
+    rows, audits, run_dir = _run(tmp_path, warm_model, seed, "sampler.kind=screened", f"algorithm={algorithm}")
+    sampler = load_config(run_dir / "config.yaml").sampler
+    need_both = algorithm == "grpo"
+    history: dict[int, list[float]] = {}           # key -> [successes, failures], replayed from the audits
+    for row, audit in zip(rows, audits):
+        assert row["samples"] == N * len(audit["keys"])                        # n per sampled prompt, all counted
+        assert 1 <= len(audit["keys"]) <= M and row["prompts_skipped"] == len(audit["skipped"])
+        assert row["prompts_drawn"] >= len(audit["keys"]) + len(audit["skipped"])
+        for key in audit["keys"] + audit["skipped"]:                            # every drawn prompt is a visit
+            history.setdefault(key, [0.0, 0.0])
+            history[key] = [c * sampler.history_decay for c in history[key]]
+        for key in audit["keys"] + audit["skipped"]:
+            s, f = history[key]
+            chance = prob_useful([s], [f], [0], [0], [N], prior=sampler.prior, need_both=need_both)[0]
+            passes = s + f == 0 or chance >= sampler.screen_min_useful
+            assert passes == (key in audit["keys"]) or (len(audit["keys"]) == 1 and not passes)  # fallback: one
+        for key, accepted in zip(audit["keys"], audit["accepted"]):
+            history[key][0] += accepted
+            history[key][1] += N - accepted
+    assert all(not a["skipped"] for a in audits[:2])                           # first visits: nothing to screen on
+
+
+def test_screened_falls_back_to_one_prompt_when_every_draw_is_screened_out(tmp_path, warm_model, seed):
+    # A threshold no prompt with history meets: iteration 3 draws the 16 training prompts (the
+    # draw limit: the training set) and samples the most promising one so the step has data.
+    rows, audits, _ = _run(tmp_path, warm_model, seed, "sampler.kind=screened", "sampler.screen_min_useful=1.0")
+    assert [len(a["keys"]) for a in audits] == [M, M, 1]
+    assert rows[2]["prompts_drawn"] == 16 and rows[2]["prompts_skipped"] == 15 and rows[2]["samples"] == N
