@@ -18,6 +18,7 @@ method generates per iteration and where they go:
     ours       sampler.kind=adaptive with `--ours-budget` x n samples per prompt in all, pilot included
     screened   sampler.kind=screened at n/2 per prompt (as uniform-half): prompts whose history says
                their group will carry no gradient are skipped before generating, others drawn instead
+    uniform-quarter, screened-quarter  the same at n/4 per prompt (at least 2)
     gvm-iw, ours-iw  the same with sampler.reweight=true (loss weights n_bar / n_i: the token mean
                estimates uniform's gradient whatever the allocation)
 
@@ -51,7 +52,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from gvm.algorithms import ALGORITHMS  # noqa: E402
 TRAIN = REPO / "gvm" / "train.py"
-BASE_METHODS = ("uniform", "uniform-half", "uniform2x", "dapo", "gvm", "ours", "screened")
+BASE_METHODS = ("uniform", "uniform-half", "uniform-quarter", "uniform2x", "dapo", "gvm", "ours", "screened",
+                "screened-quarter")
+SPLIT = {"uniform-half": 2, "screened": 2, "uniform-quarter": 4, "screened-quarter": 4}  # n / this per prompt
 METHODS = BASE_METHODS + ("gvm" + REWEIGHTED, "ours" + REWEIGHTED)
 
 
@@ -93,11 +96,11 @@ def method_overrides(args, method: str) -> list[str]:
 
 def _base_overrides(args, method: str) -> list[str]:
     n, m = args.per_prompt, args.prompts
+    if method in SPLIT:
+        return [f"sampler.kind={method.split('-')[0]}", f"sampler.n_per_prompt={split_n(args, method)}"]
     return {
         "uniform": ["sampler.kind=uniform", f"sampler.n_per_prompt={n}"],
         "uniform2x": ["sampler.kind=uniform", f"sampler.n_per_prompt={2 * n}"],
-        "uniform-half": ["sampler.kind=uniform", f"sampler.n_per_prompt={half_n(args)}"],
-        "screened": ["sampler.kind=screened", f"sampler.n_per_prompt={half_n(args)}"],
         "dapo": ["sampler.kind=dapo", f"sampler.n_per_prompt={n}"],
         "gvm": ["sampler.kind=gvm", f"sampler.pilot_n={args.pilot}", f"sampler.budget={(n - args.pilot) * m}",
                 "sampler.reuse_pilot_samples=false", "sampler.zero_accept=skip", "sampler.max_per_prompt=null"],
@@ -106,9 +109,9 @@ def _base_overrides(args, method: str) -> list[str]:
     }[method]
 
 
-def half_n(args) -> int:
-    """uniform-half's and screened's samples per prompt."""
-    return max(2, args.per_prompt // 2)
+def split_n(args, method: str) -> int:
+    """Samples per prompt of the methods that split n (SPLIT), at least 2 (a GRPO group needs two)."""
+    return max(2, args.per_prompt // SPLIT[method])
 
 
 def _command(args, overrides: list[str]) -> list[str]:
@@ -147,9 +150,8 @@ def run(args, name: str, overrides: list[str], iterations: int) -> Path:
 def iterations_of(args, method: str) -> int:
     """Iterations a method runs: at least the samples uniform generates in --iterations (a method that
     spends less per iteration runs longer, so that it can reach uniform's final accuracy at all)."""
-    half = half_n(args) / args.per_prompt
-    per_iteration = {"uniform-half": half, "screened": half,
-                     "ours": args.ours_budget}.get(method.removesuffix(REWEIGHTED), 1.0)
+    base = method.removesuffix(REWEIGHTED)
+    per_iteration = split_n(args, base) / args.per_prompt if base in SPLIT else {"ours": args.ours_budget}.get(base, 1.0)
     return max(args.iterations, math.ceil(args.iterations / per_iteration))
 
 
