@@ -48,13 +48,16 @@ def paired_ratios(baseline: dict, method: dict) -> dict:
     """Per seed, baseline cost / method cost to the same target (> 1: the method is cheaper). A
     method that never reaches the target within its run gets 0: its true ratio is somewhere below
     baseline / (its whole cost), and 0 keeps the median and its interval from crediting it. A seed
-    whose baseline meets the target at no cost (it ended no better than it started, as a run that
-    collapses does) says nothing about cost and is left out."""
+    whose baseline or method meets the target at no cost (the target is not above where the run
+    started, as when uniform collapses, or the method's fitted curve never drops below it) says
+    nothing about cost and is left out."""
     out = {}
     for seed, base_cost in baseline.items():
         if base_cost is None or base_cost <= 0 or seed not in method:
             continue
         reached, _total = method[seed]
+        if reached is not None and reached <= 0:
+            continue
         out[seed] = base_cost / reached if reached is not None else 0.0
     return out
 

@@ -40,6 +40,15 @@ def test_a_baseline_that_ends_no_better_than_it_started_leaves_its_seed_out():
     assert paired_ratios({0: base, 1: 400.0}, {0: (0.0, 200.0), 1: (200.0, 400.0)}) == {1: 2.0}
 
 
+def test_a_method_that_meets_the_target_at_its_start_leaves_its_seed_out():
+    # Seen at lr 3e-4: uniform dipped and ended below the start, uniform2x's monotone fit stayed
+    # above uniform's final from its first evaluation on (cost 0: no ratio, not a division by zero).
+    target = 0.219
+    method = cost_to_reach([0.0, 100.0, 200.0], [0.227, 0.224, 0.222], target)
+    assert method == 0.0
+    assert paired_ratios({0: 150.0, 1: 400.0}, {0: (method, 200.0), 1: (200.0, 400.0)}) == {1: 2.0}
+
+
 def test_bootstrap_interval_holds_the_median(seed):
     rng = random.Random(seed)
     values = [rng.lognormvariate(0, 0.3) for _ in range(7)]
