@@ -75,6 +75,8 @@ def test_saved_config_loads_back_equal(tmp_path, rng):
     ("sampler.pilot_n=0", "sampler.pilot_n", ">= 1"),
     ("sampler.stats_ema=1.0", "sampler.stats_ema", "[0, 1)"),
     ("sampler.zero_accept=drop", "sampler.zero_accept", "must be one of"),
+    ("sampler.screen_min_useful=1.5", "sampler.screen_min_useful", "[0, 1]"),
+    ("sampler.screen_max_draws=0", "sampler.screen_max_draws", ">= 1"),
     ("algorithm=ppo", "algorithm", "must be one of"),
     ("iterations=-1", "iterations", ">= 0"),
     ("epochs=0", "epochs", ">= 1"),
@@ -133,7 +135,7 @@ def test_cross_field_checks():
                            "sampler.min_per_prompt=3"])
     with pytest.raises(ConfigError, match="grad_norm_params='none'"):
         load_config(None, ["trainer.grad_norm_params=none", "sampler.kind=gvm"])
-    for kind in ("uniform", "adaptive"):     # adaptive reads G_i off the training step; without norms all are 1
+    for kind in ("uniform", "adaptive", "screened"):  # adaptive reads G_i off the training step (none: all 1)
         assert load_config(None, ["trainer.grad_norm_params=none", f"sampler.kind={kind}"]).sampler.kind == kind
     with pytest.raises(ConfigError, match="kl_coef"):
         load_config(None, ["algorithm=raft", "trainer.kl_coef=0.001"])
