@@ -77,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ranks", type=int, default=1, help="processes per run (torchrun when > 1)")
     p.add_argument("--root", default=str(REPO / "runs" / "bench_convergence"))
     p.add_argument("--tag", default="", help="suffix of the result files (bench_convergence<tag>.md)")
+    p.add_argument("--versus", default="",
+                   help="comma-separated baseline:method pairs also compared head to head, paired by seed "
+                        "(e.g. uniform-quarter:screened-quarter: the method against a tuned uniform)")
     p.add_argument("--extra", nargs="*", default=["trainer.optimizer_steps_per_call=2"],
                    help="more key=value overrides for every run (replaces the default: two optimizer steps per call)")
     args = p.parse_args(argv)
@@ -84,6 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         unknown = set(getattr(args, name).split(",")) - set(allowed)
         if unknown:
             p.error(f"unknown {name} {sorted(unknown)}; choose from {list(allowed)}")
+    for pair in filter(None, args.versus.split(",")):
+        named = pair.split(":")
+        if len(named) != 2 or not set(named) <= set(args.methods.split(",")):
+            p.error(f"--versus {pair!r}: must be baseline:method, both among --methods")
     if not 1 <= args.pilot < args.per_prompt:
         p.error(f"--pilot must lie in [1, --per-prompt), got {args.pilot} and {args.per_prompt}")
     return args
@@ -198,7 +205,26 @@ def summarise(args, curves: dict, rows: dict) -> dict:
                 "R_pred": statistics.mean(ratio_pred) if ratio_pred else math.nan,
                 "reach": reach[method],
             }
-        out[algorithm] = {"targets": targets, "methods": result, "per_step": per_step_gain(by_method)}
+        out[algorithm] = {"targets": targets, "methods": result, "per_step": per_step_gain(by_method),
+                          "versus": head_to_head(args, reach)}
+    return out
+
+
+def versus_pairs(args) -> list[tuple[str, str]]:
+    """The --versus pairs, each (baseline, method)."""
+    return [tuple(pair.split(":", 1)) for pair in args.versus.split(",") if pair]
+
+
+def head_to_head(args, reach: dict) -> dict:
+    """Per --versus pair: the baseline's samples over the method's to the same target (uniform's
+    final), per seed, with the median and its bootstrap interval (> 1: the method is cheaper)."""
+    out = {}
+    for base, method in versus_pairs(args):
+        if base not in reach or method not in reach:
+            continue
+        ratios = paired_ratios({s: r["samples"] for s, r in reach[base].items()},
+                               {s: (r["samples"], r["total_samples"]) for s, r in reach[method].items()})
+        out[f"{method} vs {base}"] = {"per_seed": ratios, "ratio": bootstrap_median(list(ratios.values()))}
     return out
 
 
@@ -229,6 +255,10 @@ def report(args, summary: dict) -> list[str]:
             lines.append(f"| {method} | {r['samples_per_iteration']:.0f} | {med:.2f}x ({lo:.2f}-{hi:.2f}) | "
                          f"{smed:.2f}x ({slo:.2f}-{shi:.2f}) | {r['reached']}/{r['runs']} | {fin:.3f} +- {se:.3f} | "
                          f"{r['useful_fraction']:.2f} | {r['R_pred']:.2f} |")
+        for name, v in s["versus"].items():
+            med, lo, hi = v["ratio"]
+            lines += ["", f"{name}, paired: {med:.2f}x fewer samples to the target ({lo:.2f}-{hi:.2f}; per seed "
+                          f"{', '.join(f'{x:.2f}' for x in v['per_seed'].values())})"]
         if s["per_step"]:
             mean, se = s["per_step"]["mean_se"]
             lines += ["", f"uniform2x - uniform at equal iterations: {mean:+.4f} +- {se:.4f} held-out accuracy "
