@@ -217,12 +217,16 @@ def versus_pairs(args) -> list[tuple[str, str]]:
 
 def head_to_head(args, reach: dict) -> dict:
     """Per --versus pair: the baseline's samples over the method's to the same target (uniform's
-    final), per seed, with the median and its bootstrap interval (> 1: the method is cheaper)."""
+    final), per seed, with the median and its bootstrap interval (> 1: the method is cheaper). A
+    baseline that never gets there counts its whole run (a lower bound on its cost, so the
+    method's credit is too); a seed neither reaches is left out."""
     out = {}
     for base, method in versus_pairs(args):
         if base not in reach or method not in reach:
             continue
-        ratios = paired_ratios({s: r["samples"] for s, r in reach[base].items()},
+        ratios = paired_ratios({s: r["samples"] if r["samples"] is not None
+                                else (r["total_samples"] if reach[method][s]["samples"] is not None else None)
+                                for s, r in reach[base].items() if s in reach[method]},
                                {s: (r["samples"], r["total_samples"]) for s, r in reach[method].items()})
         out[f"{method} vs {base}"] = {"per_seed": ratios, "ratio": bootstrap_median(list(ratios.values()))}
     return out
