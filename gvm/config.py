@@ -168,7 +168,8 @@ class SamplerConfig:
     screen_min_useful: float = 0.45      # a prompt is sampled when the chance that its n_per_prompt samples carry
                                          # gradient is at least this (n = 4: a last group without gradient,
                                          # faded once, reads 0.38-0.40: skipped once; 1 for a prompt without history)
-    screen_max_draws: int = 4            # prompts drawn per iteration, at most, x prompts_per_iteration
+    screen_max_draws: int = 4            # prompts drawn per iteration, at most, x prompts_per_iteration; when
+                                         # they run out the most promising skipped ones fill the batch
 
     def __post_init__(self) -> None:
         require(self.kind in SAMPLERS, "sampler.kind", self.kind, f"must be one of {SAMPLERS}")

@@ -328,7 +328,10 @@ class ScreenedSampler(Sampler):
     fewer prompts (adaptive), and that half of uniform's groups carry no gradient (RAFT++: about a
     third of prompts solved 0 of 4 at their last visit; 30 % of those solve one at the next). A
     skipped prompt's history still fades at each visit, so it is tried again later: with n = 4 and
-    history_decay 0.5, a prompt whose last group carried no gradient is skipped once."""
+    history_decay 0.5, a prompt whose last group carried no gradient is skipped once. When the
+    draws run out first, the most promising skipped prompts fill the batch: a step on a handful of
+    groups (measured: GRPO at 2 per prompt, where no prompt reaches a 0.45 chance of a mixed pair,
+    trained on one group a step and fell from 0.227 to 0.028) is worse than one on unlikely ones."""
     name = "screened"
 
     def collect(self, iteration: int) -> Collected:
@@ -348,9 +351,11 @@ class ScreenedSampler(Sampler):
                     chosen.append(prompt)
                 else:
                     skipped.append((chance, prompt))
-        if not chosen:              # every draw was screened out: the most promising, so a step has data
+        if len(chosen) < self.size:  # the draws ran out: the most promising of those skipped fill the batch
             skipped.sort(key=lambda item: -item[0])
-            chosen, skipped = [skipped[0][1]], skipped[1:]
+            fill = self.size - len(chosen)
+            chosen += [prompt for _, prompt in skipped[:fill]]
+            skipped = skipped[fill:]
         batch = self.generate(chosen, n, "rollout")
         ctx.stats.count_outcomes([p.key for p in chosen], *outcome_counts(batch))
         counts = np.array(batch.counts, dtype=np.int64)

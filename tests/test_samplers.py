@@ -109,20 +109,26 @@ def test_screened_skips_exactly_the_prompts_its_posterior_rule_screens_out(tmp_p
         for key in audit["keys"] + audit["skipped"]:                            # every drawn prompt is a visit
             history.setdefault(key, [0.0, 0.0])
             history[key] = [c * sampler.history_decay for c in history[key]]
+        chance = {}
         for key in audit["keys"] + audit["skipped"]:
             s, f = history[key]
-            chance = prob_useful([s], [f], [0], [0], [N], prior=sampler.prior, need_both=need_both)[0]
-            passes = s + f == 0 or chance >= sampler.screen_min_useful
-            assert passes == (key in audit["keys"]) or (len(audit["keys"]) == 1 and not passes)  # fallback: one
+            p = prob_useful([s], [f], [0], [0], [N], prior=sampler.prior, need_both=need_both)[0]
+            chance[key] = 1.0 if s + f == 0 else p
+        passing = {k for k, c in chance.items() if c >= sampler.screen_min_useful}
+        assert passing <= set(audit["keys"]) and not passing & set(audit["skipped"])  # every passing one sampled
+        filled = [chance[k] for k in audit["keys"] if k not in passing]             # the draws ran out: the
+        if filled:                                                                 # most promising fill up
+            assert len(audit["keys"]) == M
+            assert min(filled) >= max((chance[k] for k in audit["skipped"]), default=0.0) - 1e-12
         for key, accepted in zip(audit["keys"], audit["accepted"]):
             history[key][0] += accepted
             history[key][1] += N - accepted
     assert all(not a["skipped"] for a in audits[:2])                           # first visits: nothing to screen on
 
 
-def test_screened_falls_back_to_one_prompt_when_every_draw_is_screened_out(tmp_path, warm_model, seed):
+def test_screened_fills_the_batch_when_every_draw_is_screened_out(tmp_path, warm_model, seed):
     # A threshold no prompt with history meets: iteration 3 draws the 16 training prompts (the
-    # draw limit: the training set) and samples the most promising one so the step has data.
+    # draw limit: the training set) and the 8 most promising fill the batch, so the step keeps its size.
     rows, audits, _ = _run(tmp_path, warm_model, seed, "sampler.kind=screened", "sampler.screen_min_useful=1.0")
-    assert [len(a["keys"]) for a in audits] == [M, M, 1]
-    assert rows[2]["prompts_drawn"] == 16 and rows[2]["prompts_skipped"] == 15 and rows[2]["samples"] == N
+    assert [len(a["keys"]) for a in audits] == [M, M, M]
+    assert rows[2]["prompts_drawn"] == 16 and rows[2]["prompts_skipped"] == 16 - M and rows[2]["samples"] == N * M
