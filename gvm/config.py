@@ -125,8 +125,8 @@ class SamplerConfig:
     measures p_i and G_i and `gvm.allocation.allocate` shares `budget`. "adaptive" (ours): p_i from
     each prompt's posterior over all its samples, the pilot only for prompts without history, the
     budget spent in `rounds` with p_i and liveness re-estimated between them."""
-    kind: str = "uniform"                # the sampler that wins benchmarks/bench_convergence.py at this size: uniform
-                                         # at 4 per prompt, ahead of adaptive (undecided at 3 seeds; docs/train.md)
+    kind: str = "uniform"                # at 4 per prompt: the one setting measured good for RAFT++ and GRPO alike
+                                         # (RAFT++ alone does better at 2, screened or not; docs/train.md)
     n_per_prompt: int = 4                # uniform, dapo: samples per prompt; gvm, adaptive: budget per prompt if
                                          # budget is null
     pilot_n: int = 4                     # N': pilot samples per prompt (the paper: 8; adaptive: at most half the
