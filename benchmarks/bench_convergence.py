@@ -87,10 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         unknown = set(getattr(args, name).split(",")) - set(allowed)
         if unknown:
             p.error(f"unknown {name} {sorted(unknown)}; choose from {list(allowed)}")
-    for pair in filter(None, args.versus.split(",")):
-        named = pair.split(":")
-        if len(named) != 2 or not set(named) <= set(args.methods.split(",")):
-            p.error(f"--versus {pair!r}: must be baseline:method, both among --methods")
+    for pair in versus_pairs(args):
+        if len(pair) != 2 or not set(pair) <= set(args.methods.split(",")):
+            p.error(f"--versus {':'.join(pair)!r}: must be baseline:method, both among --methods")
     if not 1 <= args.pilot < args.per_prompt:
         p.error(f"--pilot must lie in [1, --per-prompt), got {args.pilot} and {args.per_prompt}")
     return args
@@ -212,7 +211,7 @@ def summarise(args, curves: dict, rows: dict) -> dict:
 
 def versus_pairs(args) -> list[tuple[str, str]]:
     """The --versus pairs, each (baseline, method)."""
-    return [tuple(pair.split(":", 1)) for pair in args.versus.split(",") if pair]
+    return [tuple(pair.split(":")) for pair in args.versus.split(",") if pair]
 
 
 def head_to_head(args, reach: dict) -> dict:

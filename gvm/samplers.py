@@ -119,6 +119,15 @@ def merge(first: RolloutBatch, second: RolloutBatch) -> RolloutBatch:
                         [a + b for a, b in zip(first.rewards, second.rewards)], second.accept_threshold)
 
 
+def visit_history(stats: PromptStats, keys: list[int], iteration: int, decay: float):
+    """A visit of each prompt (its earlier counts fade by `decay`), then its records and decayed
+    (successes, failures) as arrays: the posterior the adaptive and screened samplers read."""
+    stats.visit(keys, iteration, decay)
+    records = [stats.record(k) for k in keys]
+    return (records, np.array([r.successes for r in records], dtype=np.float64),
+            np.array([r.failures for r in records], dtype=np.float64))
+
+
 def outcome_counts(batch: RolloutBatch) -> tuple[np.ndarray, np.ndarray]:
     """(accepted, rejected) samples per prompt of a verified batch (accepted: reward at least the
     verifier's accept threshold, as RAFT selects them)."""
@@ -227,10 +236,7 @@ class AdaptiveSampler(Sampler):
         ctx, cfg = self.ctx, self.cfg
         prompts = ctx.stream.take(self.size)
         keys = [p.key for p in prompts]
-        ctx.stats.visit(keys, iteration, cfg.history_decay)
-        records = [ctx.stats.record(k) for k in keys]
-        hist_s = np.array([r.successes for r in records])
-        hist_f = np.array([r.failures for r in records])
+        records, hist_s, hist_f = visit_history(ctx.stats, keys, iteration, cfg.history_decay)
         budget = cfg.stage2_budget(self.size)
         batch = RolloutBatch(prompts, [[] for _ in prompts], [[] for _ in prompts],
                              ctx.rollouts.verifier.config.accept_threshold)
@@ -366,13 +372,9 @@ class ScreenedSampler(Sampler):
     def _chances(self, prompts: list[Prompt], iteration: int) -> np.ndarray:
         """A visit of each prompt (its history fades), then the posterior chance that n samples
         carry gradient; 1 for a prompt without history (nothing to screen on)."""
-        keys = [p.key for p in prompts]
-        self.ctx.stats.visit(keys, iteration, self.cfg.history_decay)
-        records = [self.ctx.stats.record(k) for k in keys]
-        s = np.array([r.successes for r in records], dtype=np.float64)
-        f = np.array([r.failures for r in records], dtype=np.float64)
-        zeros = np.zeros(len(keys))
-        chance = prob_useful(s, f, zeros, zeros, np.full(len(keys), self.cfg.n_per_prompt), prior=self.cfg.prior,
+        _, s, f = visit_history(self.ctx.stats, [p.key for p in prompts], iteration, self.cfg.history_decay)
+        zeros = np.zeros(len(prompts))
+        chance = prob_useful(s, f, zeros, zeros, np.full(len(prompts), self.cfg.n_per_prompt), prior=self.cfg.prior,
                              need_both=self.ctx.algorithm.needs_both_outcomes)
         return np.where(s + f > 0, chance, 1.0)
 
