@@ -19,6 +19,7 @@ method generates per iteration and where they go:
     screened   sampler.kind=screened at n/2 per prompt (as uniform-half): prompts whose history says
                their group will carry no gradient are skipped before generating, others drawn instead
     uniform-quarter, screened-quarter  the same at n/4 per prompt (at least 2)
+    uniform@K, screened@K  the same at K per prompt (K >= 2: e.g. screened@3 for GRPO, between n/4 and n/2)
     gvm-iw, ours-iw  the same with sampler.reweight=true (loss weights n_bar / n_i: the token mean
                estimates uniform's gradient whatever the allocation)
 
@@ -55,6 +56,7 @@ TRAIN = REPO / "gvm" / "train.py"
 BASE_METHODS = ("uniform", "uniform-half", "uniform-quarter", "uniform2x", "dapo", "gvm", "ours", "screened",
                 "screened-quarter")
 SPLIT = {"uniform-half": 2, "screened": 2, "uniform-quarter": 4, "screened-quarter": 4}  # n / this per prompt
+AT_KINDS = ("uniform", "screened")     # kind@K: that sampler at K per prompt
 METHODS = BASE_METHODS + ("gvm" + REWEIGHTED, "ours" + REWEIGHTED)
 
 
@@ -84,9 +86,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="more key=value overrides for every run (replaces the default: two optimizer steps per call)")
     args = p.parse_args(argv)
     for name, allowed in (("methods", METHODS), ("algorithms", ALGORITHMS)):
-        unknown = set(getattr(args, name).split(",")) - set(allowed)
+        unknown = {x for x in getattr(args, name).split(",") if not (name == "methods" and at_n(x))} - set(allowed)
         if unknown:
-            p.error(f"unknown {name} {sorted(unknown)}; choose from {list(allowed)}")
+            p.error(f"unknown {name} {sorted(unknown)}; choose from {list(allowed)}"
+                    + (f" or kind@K, kind in {AT_KINDS}, K >= 2" if name == "methods" else ""))
     for pair in versus_pairs(args):
         if len(pair) != 2 or not set(pair) <= set(args.methods.split(",")):
             p.error(f"--versus {':'.join(pair)!r}: must be baseline:method, both among --methods")
@@ -102,8 +105,8 @@ def method_overrides(args, method: str) -> list[str]:
 
 def _base_overrides(args, method: str) -> list[str]:
     n, m = args.per_prompt, args.prompts
-    if method in SPLIT:
-        return [f"sampler.kind={method.split('-')[0]}", f"sampler.n_per_prompt={split_n(args, method)}"]
+    if method in SPLIT or at_n(method):
+        return [f"sampler.kind={method.split('-')[0].split('@')[0]}", f"sampler.n_per_prompt={split_n(args, method)}"]
     return {
         "uniform": ["sampler.kind=uniform", f"sampler.n_per_prompt={n}"],
         "uniform2x": ["sampler.kind=uniform", f"sampler.n_per_prompt={2 * n}"],
@@ -115,9 +118,16 @@ def _base_overrides(args, method: str) -> list[str]:
     }[method]
 
 
+def at_n(method: str) -> int | None:
+    """K of a kind@K method (K >= 2: a GRPO group needs two), else None."""
+    kind, _, count = method.partition("@")
+    return int(count) if kind in AT_KINDS and count.isdigit() and int(count) >= 2 else None
+
+
 def split_n(args, method: str) -> int:
-    """Samples per prompt of the methods that split n (SPLIT), at least 2 (a GRPO group needs two)."""
-    return max(2, args.per_prompt // SPLIT[method])
+    """Samples per prompt of the methods that fix it below n (SPLIT, kind@K), at least 2 (a GRPO group
+    needs two)."""
+    return at_n(method) or max(2, args.per_prompt // SPLIT[method])
 
 
 def _command(args, overrides: list[str]) -> list[str]:
@@ -157,7 +167,7 @@ def iterations_of(args, method: str) -> int:
     """Iterations a method runs: at least the samples uniform generates in --iterations (a method that
     spends less per iteration runs longer, so that it can reach uniform's final accuracy at all)."""
     base = method.removesuffix(REWEIGHTED)
-    per_iteration = split_n(args, base) / args.per_prompt if base in SPLIT else {"ours": args.ours_budget}.get(base, 1.0)
+    per_iteration = split_n(args, base) / args.per_prompt if base in SPLIT or at_n(base) else {"ours": args.ours_budget}.get(base, 1.0)
     return max(args.iterations, math.ceil(args.iterations / per_iteration))
 
 
