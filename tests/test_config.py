@@ -22,7 +22,7 @@ def rng(seed):
 def test_defaults_are_the_builtin_run():
     cfg = load_config()
     assert cfg.builtin_model and cfg.builtin_task
-    assert cfg.algorithm == "raft++" and cfg.sampler.kind == "uniform"
+    assert cfg.algorithm == "raft++" and cfg.sampler.kind == "screened"
     assert cfg.prompt_style == "compact" and cfg.warmstart_steps > 0
     # the reused classes are the real ones, with the derived fields in step
     assert isinstance(cfg.trainer, TrainerConfig) and isinstance(cfg.rollout.sampling, SamplingConfig)
