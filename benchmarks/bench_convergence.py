@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -105,8 +106,9 @@ def method_overrides(args, method: str) -> list[str]:
 
 def _base_overrides(args, method: str) -> list[str]:
     n, m = args.per_prompt, args.prompts
-    if method in SPLIT or at_n(method):
-        return [f"sampler.kind={method.split('-')[0].split('@')[0]}", f"sampler.n_per_prompt={split_n(args, method)}"]
+    fixed = fixed_n(args, method)
+    if fixed is not None:
+        return [f"sampler.kind={re.split('[-@]', method)[0]}", f"sampler.n_per_prompt={fixed}"]
     return {
         "uniform": ["sampler.kind=uniform", f"sampler.n_per_prompt={n}"],
         "uniform2x": ["sampler.kind=uniform", f"sampler.n_per_prompt={2 * n}"],
@@ -124,10 +126,10 @@ def at_n(method: str) -> int | None:
     return int(count) if kind in AT_KINDS and count.isdigit() and int(count) >= 2 else None
 
 
-def split_n(args, method: str) -> int:
+def fixed_n(args, method: str) -> int | None:
     """Samples per prompt of the methods that fix it below n (SPLIT, kind@K), at least 2 (a GRPO group
-    needs two)."""
-    return at_n(method) or max(2, args.per_prompt // SPLIT[method])
+    needs two); None for the others."""
+    return max(2, args.per_prompt // SPLIT[method]) if method in SPLIT else at_n(method)
 
 
 def _command(args, overrides: list[str]) -> list[str]:
@@ -167,7 +169,8 @@ def iterations_of(args, method: str) -> int:
     """Iterations a method runs: at least the samples uniform generates in --iterations (a method that
     spends less per iteration runs longer, so that it can reach uniform's final accuracy at all)."""
     base = method.removesuffix(REWEIGHTED)
-    per_iteration = split_n(args, base) / args.per_prompt if base in SPLIT or at_n(base) else {"ours": args.ours_budget}.get(base, 1.0)
+    fixed = fixed_n(args, base)
+    per_iteration = fixed / args.per_prompt if fixed is not None else {"ours": args.ours_budget}.get(base, 1.0)
     return max(args.iterations, math.ceil(args.iterations / per_iteration))
 
 
