@@ -125,12 +125,12 @@ class SamplerConfig:
     measures p_i and G_i and `gvm.allocation.allocate` shares `budget`. "adaptive" (ours): p_i from
     each prompt's posterior over all its samples, the pilot only for prompts without history, the
     budget spent in `rounds` with p_i and liveness re-estimated between them."""
-    kind: str = "screened"               # at 4 per prompt: the best measured for GRPO (1.30x uniform at 8; at 3
-                                         # or 2 it loses) and level with uniform for RAFT++ (which does better
-                                         # at 2, screened or not; docs/train.md). It skips nothing until
+    kind: str = "screened"               # at the algorithm's n_per_prompt the best measured: RAFT++ at 2, 2.01x
+                                         # uniform at 8; GRPO at 4, 1.30x (docs/train.md). It skips nothing until
                                          # prompts come back (the built-in run: 1,280 of 2,000, none twice)
-    n_per_prompt: int = 4                # uniform, dapo: samples per prompt; gvm, adaptive: budget per prompt if
-                                         # budget is null
+    n_per_prompt: int | None = None      # uniform, dapo, screened: samples per prompt; gvm, adaptive: budget per
+                                         # prompt if budget is null; null: the algorithm's (gvm.algorithms:
+                                         # RAFT and RAFT++ 2, GRPO 4; a GRPO group needs differing answers)
     pilot_n: int = 4                     # N': pilot samples per prompt (the paper: 8; adaptive: at most half the
                                          # budget per prompt)
     budget: int | None = None            # N: allocated samples per iteration (gvm: stage 2, after the pilot;
@@ -175,7 +175,8 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         require(self.kind in SAMPLERS, "sampler.kind", self.kind, f"must be one of {SAMPLERS}")
-        require(self.n_per_prompt >= 1, "sampler.n_per_prompt", self.n_per_prompt, "must be >= 1")
+        require(self.n_per_prompt is None or self.n_per_prompt >= 1, "sampler.n_per_prompt", self.n_per_prompt,
+                "must be >= 1 or null (the algorithm's)")
         require(self.pilot_n >= 1, "sampler.pilot_n", self.pilot_n, "must be >= 1 (the pilot measures p_i)")
         require(self.budget is None or self.budget >= 1, "sampler.budget", self.budget, "must be >= 1 or null")
         objectives = (AUTO_OBJECTIVE, *OBJECTIVES)
@@ -215,6 +216,9 @@ class SamplerConfig:
 
     def stage2_budget(self, prompts_per_iteration: int) -> int:
         """N, the allocated samples per iteration (uniform: all samples)."""
+        if self.budget is None and self.n_per_prompt is None:
+            raise ConfigError("config key sampler.n_per_prompt=null: resolve it for the algorithm first "
+                              "(RunConfig does; or give sampler.n_per_prompt or sampler.budget)")
         return self.budget if self.budget is not None else self.n_per_prompt * prompts_per_iteration
 
     def allocate_kwargs(self) -> dict:
@@ -325,6 +329,9 @@ class RunConfig:
         for name, value in expected.items():
             if getattr(self.trainer, name) != value:  # keep the derived trainer fields in step
                 object.__setattr__(self, "trainer", dataclasses.replace(self.trainer, **{name: value}))
+        if self.sampler.n_per_prompt is None:      # the algorithm's: written out resolved, so resume compares it
+            object.__setattr__(self, "sampler", dataclasses.replace(
+                self.sampler, n_per_prompt=ALGORITHMS[self.algorithm].n_per_prompt))
         if self.sampler.kind == "gvm" and self.sampler.max_per_prompt is not None:
             room = self.sampler.max_per_prompt * self.data.prompts_per_iteration
             budget = self.sampler.stage2_budget(self.data.prompts_per_iteration)

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gvm.config import (ConfigError, RunConfig, check_model_folder, check_paths, from_dict, load_config,
-                        parse_override)
+from gvm.algorithms import ALGORITHMS
+from gvm.config import (ConfigError, RunConfig, SamplerConfig, check_model_folder, check_paths, from_dict,
+                        load_config, parse_override)
 from gvm.engines.base import SamplingConfig
 from gvm.toy import build_tokenizer
 from gvm.trainer_config import TrainerConfig
@@ -28,6 +29,26 @@ def test_defaults_are_the_builtin_run():
     assert isinstance(cfg.trainer, TrainerConfig) and isinstance(cfg.rollout.sampling, SamplingConfig)
     assert isinstance(cfg.verifier, VerifierConfig)
     assert cfg.trainer.algorithm == cfg.algorithm and cfg.trainer.temperature == cfg.rollout.sampling.temperature
+    assert cfg.sampler.n_per_prompt == 2         # RAFT++'s best measured (gvm.algorithms)
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_samples_per_prompt_default_to_the_algorithms_and_an_explicit_value_wins(algorithm):
+    cfg = load_config(None, [f"algorithm={algorithm}"])
+    own = ALGORITHMS[algorithm].n_per_prompt
+    assert cfg.sampler.n_per_prompt == own and cfg.sampler.stage2_budget(10) == 10 * own
+    assert cfg.to_dict()["sampler"]["n_per_prompt"] == own        # written resolved: resume compares it
+    assert from_dict(cfg.to_dict()).sampler.n_per_prompt == own
+    other = own + 3
+    assert load_config(None, [f"algorithm={algorithm}", f"sampler.n_per_prompt={other}"]).sampler.n_per_prompt == other
+
+
+def test_an_unresolved_sampler_says_what_to_set():
+    with pytest.raises(ConfigError, match="sampler.n_per_prompt=null"):
+        SamplerConfig().stage2_budget(8)
+    assert SamplerConfig(budget=12).stage2_budget(8) == 12
+    with pytest.raises(ConfigError, match="sampler.n_per_prompt=0: must be >= 1 or null"):
+        load_config(None, ["sampler.n_per_prompt=0"])
 
 
 def test_overrides_are_typed_by_the_field(rng):
@@ -208,7 +229,7 @@ def test_run_defaults_differ_from_library_defaults_only_where_declared():
     import inspect
 
     from gvm.allocation import allocate
-    from gvm.config import RUN_TRAINER_DEFAULTS, SamplerConfig
+    from gvm.config import RUN_TRAINER_DEFAULTS
     from gvm.toy import TinyModelConfig, build_tiny
 
     library = {k: p.default for k, p in inspect.signature(allocate).parameters.items()
