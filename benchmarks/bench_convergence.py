@@ -20,6 +20,7 @@ method generates per iteration and where they go:
                their group will carry no gradient are skipped before generating, others drawn instead
     uniform-quarter, screened-quarter  the same at n/4 per prompt (at least 2)
     uniform@K, screened@K  the same at K per prompt (K >= 2: e.g. screened@3 for GRPO, between n/4 and n/2)
+    uniform@KxP, screened@KxP  and P prompts per iteration (fewer samples per step with GRPO's groups whole)
     gvm-iw, ours-iw  the same with sampler.reweight=true (loss weights n_bar / n_i: the token mean
                estimates uniform's gradient whatever the allocation)
 
@@ -57,7 +58,8 @@ TRAIN = REPO / "gvm" / "train.py"
 BASE_METHODS = ("uniform", "uniform-half", "uniform-quarter", "uniform2x", "dapo", "gvm", "ours", "screened",
                 "screened-quarter")
 SPLIT = {"uniform-half": 2, "screened": 2, "uniform-quarter": 4, "screened-quarter": 4}  # n / this per prompt
-AT_KINDS = ("uniform", "screened")     # kind@K: that sampler at K per prompt
+AT_KINDS = ("uniform", "screened")     # kind@K: that sampler at K per prompt; kind@KxP: and P prompts per iteration
+AT_PATTERN = re.compile(r"(?P<kind>[a-z]+)@(?P<n>\d+)(?:x(?P<prompts>\d+))?")
 METHODS = BASE_METHODS + ("gvm" + REWEIGHTED, "ours" + REWEIGHTED)
 
 
@@ -90,7 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         unknown = {x for x in getattr(args, name).split(",") if not (name == "methods" and at_n(x))} - set(allowed)
         if unknown:
             p.error(f"unknown {name} {sorted(unknown)}; choose from {list(allowed)}"
-                    + (f" or kind@K, kind in {AT_KINDS}, K >= 2" if name == "methods" else ""))
+                    + (f" or kind@K / kind@KxP (K per prompt, P prompts per iteration), kind in {AT_KINDS}, "
+                       f"K >= 2, P >= 1" if name == "methods" else ""))
     for pair in versus_pairs(args):
         if len(pair) != 2 or not set(pair) <= set(args.methods.split(",")):
             p.error(f"--versus {':'.join(pair)!r}: must be baseline:method, both among --methods")
@@ -108,7 +111,9 @@ def _base_overrides(args, method: str) -> list[str]:
     n, m = args.per_prompt, args.prompts
     fixed = fixed_n(args, method)
     if fixed is not None:
-        return [f"sampler.kind={re.split('[-@]', method)[0]}", f"sampler.n_per_prompt={fixed}"]
+        prompts = prompts_of(args, method)
+        return ([f"sampler.kind={re.split('[-@]', method)[0]}", f"sampler.n_per_prompt={fixed}"]
+                + ([f"data.prompts_per_iteration={prompts}"] if prompts != args.prompts else []))
     return {
         "uniform": ["sampler.kind=uniform", f"sampler.n_per_prompt={n}"],
         "uniform2x": ["sampler.kind=uniform", f"sampler.n_per_prompt={2 * n}"],
@@ -120,10 +125,26 @@ def _base_overrides(args, method: str) -> list[str]:
     }[method]
 
 
+def at_spec(method: str) -> tuple[int, int | None] | None:
+    """(K, P) of a kind@K or kind@KxP method: K samples per prompt (K >= 2: a GRPO group needs two)
+    and P prompts per iteration (None: --prompts); None for the other methods."""
+    match = AT_PATTERN.fullmatch(method)
+    if match is None or match["kind"] not in AT_KINDS or int(match["n"]) < 2:
+        return None
+    prompts = int(match["prompts"]) if match["prompts"] else None
+    return None if prompts == 0 else (int(match["n"]), prompts)
+
+
 def at_n(method: str) -> int | None:
-    """K of a kind@K method (K >= 2: a GRPO group needs two), else None."""
-    kind, _, count = method.partition("@")
-    return int(count) if kind in AT_KINDS and count.isdigit() and int(count) >= 2 else None
+    """K of a kind@K or kind@KxP method, else None."""
+    spec = at_spec(method)
+    return spec[0] if spec else None
+
+
+def prompts_of(args, method: str) -> int:
+    """Prompts per iteration of a method: P of kind@KxP, else --prompts."""
+    spec = at_spec(method.removesuffix(REWEIGHTED))
+    return spec[1] if spec and spec[1] else args.prompts
 
 
 def fixed_n(args, method: str) -> int | None:
@@ -170,7 +191,8 @@ def iterations_of(args, method: str) -> int:
     spends less per iteration runs longer, so that it can reach uniform's final accuracy at all)."""
     base = method.removesuffix(REWEIGHTED)
     fixed = fixed_n(args, base)
-    per_iteration = fixed / args.per_prompt if fixed is not None else {"ours": args.ours_budget}.get(base, 1.0)
+    per_iteration = ((fixed * prompts_of(args, base)) / (args.per_prompt * args.prompts) if fixed is not None
+                     else {"ours": args.ours_budget}.get(base, 1.0))
     return max(args.iterations, math.ceil(args.iterations / per_iteration))
 
 
