@@ -142,8 +142,8 @@ def at_n(method: str) -> int | None:
 
 
 def prompts_of(args, method: str) -> int:
-    """Prompts per iteration of a method: P of kind@KxP, else --prompts."""
-    spec = at_spec(method.removesuffix(REWEIGHTED))
+    """Prompts per iteration of a (base) method: P of kind@KxP, else --prompts."""
+    spec = at_spec(method)
     return spec[1] if spec and spec[1] else args.prompts
 
 
