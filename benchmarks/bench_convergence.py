@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from curves import bootstrap_median, cost_to_reach, mean_and_se, paired_ratios  # noqa: E402
+from curves import bootstrap_median, cost_to_reach, final_accuracy, mean_and_se, paired_ratios  # noqa: E402
 from harness import REWEIGHTED, RESULTS_DIR, append_results, machine_name, reweighted  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,7 +210,7 @@ def summarise(args, curves: dict, rows: dict) -> dict:
     out = {}
     for algorithm, by_method in curves.items():
         base = by_method.get("uniform", {})
-        targets = {s: statistics.mean(a for _, _, a, _ in c[-2:]) for s, c in base.items()}
+        targets = {s: final_accuracy([x[2] for x in c]) for s, c in base.items()}
         reach = {}
         for method, by_seed in by_method.items():
             reach[method] = {}
@@ -225,7 +225,7 @@ def summarise(args, curves: dict, rows: dict) -> dict:
                                           {s: (r["samples"], r["total_samples"]) for s, r in reach[method].items()})
             ratio_seconds = paired_ratios({s: r["seconds"] for s, r in reach["uniform"].items()},
                                           {s: (r["seconds"], r["total_seconds"]) for s, r in reach[method].items()})
-            finals = [statistics.mean(a for _, _, a, _ in c[-2:]) for c in by_seed.values()]
+            finals = [final_accuracy([x[2] for x in c]) for c in by_seed.values()]
             method_rows = [r for seed in by_seed for r in rows[algorithm][method][seed] if r["iteration"] > 0]
             useful = [r["useful_fraction"] for r in method_rows if r.get("useful_fraction") is not None]
             ratio_pred = [r["R_pred"] for r in method_rows if r.get("R_pred") is not None and math.isfinite(r["R_pred"])]

@@ -44,6 +44,12 @@ def cost_to_reach(costs: Sequence[float], accuracies: Sequence[float], target: f
     return None
 
 
+def final_accuracy(accuracies: Sequence[float]) -> float:
+    """A run's final accuracy: the mean of its last two evaluations (one evaluation is too noisy to
+    be a target)."""
+    return statistics.mean(accuracies[-2:])
+
+
 def paired_ratios(baseline: dict, method: dict) -> dict:
     """Per seed, baseline cost / method cost to the same target (> 1: the method is cheaper). A
     method that never reaches the target within its run gets 0: its true ratio is somewhere below

@@ -54,3 +54,31 @@ def test_bootstrap_interval_holds_the_median(seed):
     values = [rng.lognormvariate(0, 0.3) for _ in range(7)]
     median, low, high = bootstrap_median(values, rounds=2000, seed=seed)
     assert median == statistics.median(values) and min(values) <= low <= median <= high <= max(values)
+
+
+def test_the_tuned_baseline_is_the_best_uniform_over_shared_seeds_and_scores_every_arm():
+    from tuned_baseline import best_baseline, score
+    up = [(0.0, 0.2), (100.0, 0.3), (200.0, 0.4)]                  # final 0.35, reached at 150 samples
+    arms = {"uniform lr 0.0002": {0: [(0.0, 0.2), (100.0, 0.22), (200.0, 0.28)], 1: [(0.0, 0.2), (100.0, 0.25), (200.0, 0.25)],
+                                  2: [(0.0, 0.2), (100.0, 0.9), (200.0, 1.0)]},       # a lucky seed the other lacks
+            "uniform lr 0.0004": {0: up, 1: up},
+            "screened lr 0.0004": {0: [(0.0, 0.2), (50.0, 0.3), (100.0, 0.4)], 1: [(0.0, 0.2), (100.0, 0.25)]}}
+    baseline, seeds = best_baseline(arms, {"uniform"})
+    assert (baseline, seeds) == ("uniform lr 0.0004", [0, 1])
+    scored = score(arms, baseline)
+    assert scored["uniform lr 0.0004"]["per_seed"] == {0: 1.0, 1: 1.0}
+    assert scored["screened lr 0.0004"]["per_seed"] == {0: 2.0, 1: 0.0}       # seed 1 never gets there
+    assert scored["screened lr 0.0004"]["reached"] == 1
+    assert scored["uniform lr 0.0002"]["seeds"] == [0, 1]                      # only seeds the baseline ran
+
+
+def test_a_baseline_scored_against_itself_is_level_on_every_seed(seed):
+    from tuned_baseline import score
+    rng = random.Random(seed)
+    curves = {}
+    for s in range(rng.randint(1, 6)):
+        accs = [0.2]
+        for _ in range(rng.randint(2, 8)):
+            accs.append(accs[-1] + rng.uniform(0.001, 0.05))           # rising: the target lies above the start
+        curves[s] = [(100.0 * i, a) for i, a in enumerate(accs)]
+    assert set(score({"uniform lr 1": curves}, "uniform lr 1")["uniform lr 1"]["per_seed"].values()) == {1.0}

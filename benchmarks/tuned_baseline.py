@@ -1,0 +1,142 @@
+"""Samples to a tuned baseline's final accuracy, across several convergence benchmarks.
+
+bench_convergence.py compares methods at one learning rate, against uniform at that rate. A gain
+found that way can be a gain against an untuned uniform. This script reads several of its JSON
+results (the same task and seeds, e.g. one per learning rate) and takes as the baseline the
+uniform arm with the highest mean final accuracy (over the seeds every candidate ran). Each arm
+(method x file) is then scored the same way as there: per seed, the baseline's samples to its own
+final accuracy over the arm's samples to that accuracy (monotone fit, 0 when the arm never gets
+there), with the median and a bootstrap 95 % interval over seeds.
+
+    python benchmarks/tuned_baseline.py benchmarks/results/bench_convergence_eight_grpo.json \
+        benchmarks/results/bench_convergence_lr4e-4_grpo.json --tag _tuned_grpo
+
+Results: a table on stdout, benchmarks/results/tuned_baseline<tag>.{md,json}, rows of results.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from curves import bootstrap_median, cost_to_reach, final_accuracy, mean_and_se, paired_ratios  # noqa: E402
+from harness import RESULTS_DIR, append_results, machine_name  # noqa: E402
+
+Curve = list[tuple[float, float]]      # (generated samples, held-out accuracy) at each evaluation
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", type=Path, help="bench_convergence<tag>.json files")
+    p.add_argument("--baselines", default="uniform",
+                   help="comma-separated methods that may serve as the baseline (the best of them is taken)")
+    p.add_argument("--tag", default="", help="suffix of the result files (tuned_baseline<tag>.md)")
+    args = p.parse_args(argv)
+    missing = [str(path) for path in args.results if not path.is_file()]
+    if missing:
+        p.error(f"results not found: {missing}; run benchmarks/bench_convergence.py first")
+    return args
+
+
+def load_arms(paths: list[Path]) -> dict[str, dict[str, dict[int, Curve]]]:
+    """{algorithm: {"<method> lr <lr>": {seed: curve}}} from bench_convergence JSON files."""
+    arms: dict = {}
+    for path in paths:
+        data = json.loads(path.read_text())
+        lr = data["args"]["lr"]
+        for algorithm, by_method in data["curves"].items():
+            for method, by_seed in by_method.items():
+                label = f"{method} lr {lr:g}"
+                curves = {int(seed): [(float(x[0]), float(x[2])) for x in c] for seed, c in by_seed.items()}
+                known = arms.setdefault(algorithm, {}).setdefault(label, {})
+                clash = [s for s in curves if s in known and known[s] != curves[s]]
+                if clash:
+                    raise SystemExit(f"{label} ({algorithm}), seeds {clash}: two files hold different runs of "
+                                     f"the same setting ({path}); pass one of them")
+                known.update(curves)       # the same runs reused by two benchmarks, or more seeds of one
+    return arms
+
+
+def method_of(label: str) -> str:
+    return label.split(" lr ")[0]
+
+
+def best_baseline(arms: dict[str, dict[int, Curve]], baselines: set[str]) -> tuple[str, list[int]]:
+    """The candidate with the highest mean final accuracy over the seeds all candidates ran, and
+    those seeds (comparing means over different seeds would pick a lucky seed, not a setting)."""
+    candidates = [label for label in arms if method_of(label) in baselines]
+    if not candidates:
+        raise SystemExit(f"no baseline among the arms: --baselines {sorted(baselines)}, arms {sorted(arms)}")
+    seeds = sorted(set.intersection(*(set(arms[label]) for label in candidates)))
+    if not seeds:
+        raise SystemExit(f"the baselines {candidates} share no seed")
+    best = max(candidates, key=lambda label: statistics.mean(final_accuracy([a for _, a in arms[label][s]])
+                                                             for s in seeds))
+    return best, seeds
+
+
+def score(arms: dict[str, dict[int, Curve]], baseline: str) -> dict:
+    """Per arm: per-seed ratios (baseline's samples to its final / the arm's), their median and
+    interval, how many seeds reached the target, and the final accuracy."""
+    base = arms[baseline]
+    targets = {s: final_accuracy([a for _, a in c]) for s, c in base.items()}
+    base_cost = {s: cost_to_reach([x for x, _ in c], [a for _, a in c], targets[s]) for s, c in base.items()}
+    out = {}
+    for label, by_seed in arms.items():
+        seeds = [s for s in by_seed if s in base]
+        reach = {s: (cost_to_reach([x for x, _ in by_seed[s]], [a for _, a in by_seed[s]], targets[s]),
+                     by_seed[s][-1][0]) for s in seeds}
+        ratios = paired_ratios({s: base_cost[s] for s in seeds}, reach)
+        out[label] = {"per_seed": ratios, "ratio": bootstrap_median(list(ratios.values())),
+                      "reached": sum(r is not None for r, _ in reach.values()), "seeds": seeds,
+                      "final": mean_and_se([final_accuracy([a for _, a in by_seed[s]]) for s in seeds])}
+    return out
+
+
+def report(summary: dict) -> list[str]:
+    lines = []
+    for algorithm, s in summary.items():
+        lines += [f"### {algorithm}", "",
+                  f"Baseline: **{s['baseline']}**, the highest mean final accuracy of the "
+                  f"{'/'.join(s['candidates'])} arms over seeds {s['selection_seeds']}.", "",
+                  "| arm | seeds | samples to the baseline's final: ratio (median, 95% CI) | reached | "
+                  "final acc (mean +- se) | per seed |", "|---|---|---|---|---|---|"]
+        for label, r in s["arms"].items():
+            med, lo, hi = r["ratio"]
+            fin, se = r["final"]
+            per_seed = ", ".join(f"{x:.2f}" for x in r["per_seed"].values())
+            lines.append(f"| {label} | {len(r['seeds'])} | {med:.2f}x ({lo:.2f}-{hi:.2f}) | "
+                         f"{r['reached']}/{len(r['seeds'])} | {fin:.3f} +- {se:.3f} | {per_seed} |")
+        lines.append("")
+    return lines
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    baselines = set(args.baselines.split(","))
+    summary = {}
+    for algorithm, arms in load_arms(args.results).items():
+        baseline, seeds = best_baseline(arms, baselines)
+        summary[algorithm] = {"baseline": baseline, "selection_seeds": seeds,
+                              "candidates": [label for label in arms if method_of(label) in baselines],
+                              "arms": score(arms, baseline)}
+    lines = report(summary)
+    print("\n".join(lines))
+    header = (f"Machine: {machine_name()}. `python benchmarks/tuned_baseline.py {' '.join(sys.argv[1:])}`: "
+              f"every arm against the best-tuned baseline (benchmarks/tuned_baseline.py).\n\n")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"tuned_baseline{args.tag}.md").write_text(header + "\n".join(lines) + "\n")
+    (RESULTS_DIR / f"tuned_baseline{args.tag}.json").write_text(json.dumps(summary, indent=1, default=str))
+    append_results("tuned_baseline", [
+        {"case": f"{a}/{label}{args.tag}", "metric": "samples_ratio_median", "value": r["ratio"][0], "unit": "x"}
+        for a, s in summary.items() for label, r in s["arms"].items() if not math.isnan(r["ratio"][0])],
+        json_name=f"tuned_baseline{args.tag}_rows.json")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
