@@ -65,35 +65,43 @@ def method_of(label: str) -> str:
     return label.split(" lr ")[0]
 
 
-def best_baseline(arms: dict[str, dict[int, Curve]], baselines: set[str]) -> tuple[str, list[int]]:
-    """The candidate with the highest mean final accuracy over the seeds all candidates ran, and
-    those seeds (comparing means over different seeds would pick a lucky seed, not a setting)."""
+def final_of(curve: Curve) -> float:
+    return final_accuracy([a for _, a in curve])
+
+
+def samples_to(curve: Curve, target: float) -> float | None:
+    costs, accuracies = zip(*curve)
+    return cost_to_reach(costs, accuracies, target)
+
+
+def best_baseline(arms: dict[str, dict[int, Curve]], baselines: set[str]) -> tuple[str, list[int], list[str]]:
+    """The candidate with the highest mean final accuracy over the seeds all candidates ran, those
+    seeds (comparing means over different seeds would pick a lucky seed, not a setting) and the
+    candidates."""
     candidates = [label for label in arms if method_of(label) in baselines]
     if not candidates:
         raise SystemExit(f"no baseline among the arms: --baselines {sorted(baselines)}, arms {sorted(arms)}")
     seeds = sorted(set.intersection(*(set(arms[label]) for label in candidates)))
     if not seeds:
         raise SystemExit(f"the baselines {candidates} share no seed")
-    best = max(candidates, key=lambda label: statistics.mean(final_accuracy([a for _, a in arms[label][s]])
-                                                             for s in seeds))
-    return best, seeds
+    best = max(candidates, key=lambda label: statistics.mean(final_of(arms[label][s]) for s in seeds))
+    return best, seeds, candidates
 
 
 def score(arms: dict[str, dict[int, Curve]], baseline: str) -> dict:
     """Per arm: per-seed ratios (baseline's samples to its final / the arm's), their median and
     interval, how many seeds reached the target, and the final accuracy."""
     base = arms[baseline]
-    targets = {s: final_accuracy([a for _, a in c]) for s, c in base.items()}
-    base_cost = {s: cost_to_reach([x for x, _ in c], [a for _, a in c], targets[s]) for s, c in base.items()}
+    targets = {s: final_of(c) for s, c in base.items()}
+    base_cost = {s: samples_to(c, targets[s]) for s, c in base.items()}
     out = {}
     for label, by_seed in arms.items():
         seeds = [s for s in by_seed if s in base]
-        reach = {s: (cost_to_reach([x for x, _ in by_seed[s]], [a for _, a in by_seed[s]], targets[s]),
-                     by_seed[s][-1][0]) for s in seeds}
+        reach = {s: (samples_to(by_seed[s], targets[s]), by_seed[s][-1][0]) for s in seeds}
         ratios = paired_ratios({s: base_cost[s] for s in seeds}, reach)
         out[label] = {"per_seed": ratios, "ratio": bootstrap_median(list(ratios.values())),
                       "reached": sum(r is not None for r, _ in reach.values()), "seeds": seeds,
-                      "final": mean_and_se([final_accuracy([a for _, a in by_seed[s]]) for s in seeds])}
+                      "final": mean_and_se([final_of(by_seed[s]) for s in seeds])}
     return out
 
 
@@ -120,9 +128,8 @@ def main(argv=None) -> dict:
     baselines = set(args.baselines.split(","))
     summary = {}
     for algorithm, arms in load_arms(args.results).items():
-        baseline, seeds = best_baseline(arms, baselines)
-        summary[algorithm] = {"baseline": baseline, "selection_seeds": seeds,
-                              "candidates": [label for label in arms if method_of(label) in baselines],
+        baseline, seeds, candidates = best_baseline(arms, baselines)
+        summary[algorithm] = {"baseline": baseline, "selection_seeds": seeds, "candidates": candidates,
                               "arms": score(arms, baseline)}
     lines = report(summary)
     print("\n".join(lines))

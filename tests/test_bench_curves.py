@@ -63,7 +63,7 @@ def test_the_tuned_baseline_is_the_best_uniform_over_shared_seeds_and_scores_eve
                                   2: [(0.0, 0.2), (100.0, 0.9), (200.0, 1.0)]},       # a lucky seed the other lacks
             "uniform lr 0.0004": {0: up, 1: up},
             "screened lr 0.0004": {0: [(0.0, 0.2), (50.0, 0.3), (100.0, 0.4)], 1: [(0.0, 0.2), (100.0, 0.25)]}}
-    baseline, seeds = best_baseline(arms, {"uniform"})
+    baseline, seeds, _ = best_baseline(arms, {"uniform"})
     assert (baseline, seeds) == ("uniform lr 0.0004", [0, 1])
     scored = score(arms, baseline)
     assert scored["uniform lr 0.0004"]["per_seed"] == {0: 1.0, 1: 1.0}
