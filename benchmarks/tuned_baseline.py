@@ -3,7 +3,10 @@
 bench_convergence.py compares methods at one learning rate, against uniform at that rate. A gain
 found that way can be a gain against an untuned uniform. This script reads several of its JSON
 results (the same task and seeds, e.g. one per learning rate) and takes as the baseline the
-uniform arm with the highest mean final accuracy (over the seeds every candidate ran). Each arm
+uniform arm with the highest mean final accuracy (over the seeds every candidate ran), whatever
+its samples per prompt and learning rate: uniform tuned on both, as a peer would run it. Arms
+with fewer samples per iteration run more iterations to uniform's total, so their finals are
+compared at (at least) the same samples. Each arm
 (method x file) is then scored the same way as there: per seed, the baseline's samples to its own
 final accuracy over the arm's samples to that accuracy (monotone fit, 0 when the arm never gets
 there), with the median and a bootstrap 95 % interval over seeds.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import fnmatch
 import math
 import statistics
 import sys
@@ -32,8 +36,11 @@ Curve = list[tuple[float, float]]      # (generated samples, held-out accuracy) 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", type=Path, help="bench_convergence<tag>.json files")
-    p.add_argument("--baselines", default="uniform",
-                   help="comma-separated methods that may serve as the baseline (the best of them is taken)")
+    p.add_argument("--baselines", default="uniform*",
+                   help="comma-separated method patterns (fnmatch) that may serve as the baseline, the best of "
+                        "them taken; the default, every uniform sampler: n, n/2, n/4, @K, @KxP per prompt")
+    p.add_argument("--min-seeds", type=int, default=3,
+                   help="a baseline candidate needs this many seeds (fewer cannot tune it; it is still scored)")
     p.add_argument("--tag", default="", help="suffix of the result files (tuned_baseline<tag>.md)")
     args = p.parse_args(argv)
     missing = [str(path) for path in args.results if not path.is_file()]
@@ -74,13 +81,17 @@ def samples_to(curve: Curve, target: float) -> float | None:
     return cost_to_reach(costs, accuracies, target)
 
 
-def best_baseline(arms: dict[str, dict[int, Curve]], baselines: set[str]) -> tuple[str, list[int], list[str]]:
-    """The candidate with the highest mean final accuracy over the seeds all candidates ran, those
-    seeds (comparing means over different seeds would pick a lucky seed, not a setting) and the
-    candidates."""
-    candidates = [label for label in arms if method_of(label) in baselines]
+def best_baseline(arms: dict[str, dict[int, Curve]], baselines: list[str],
+                  min_seeds: int = 1) -> tuple[str, list[int], list[str]]:
+    """The candidate (an arm whose method matches a pattern of `baselines`, run on at least
+    `min_seeds` seeds) with the highest mean final accuracy over the seeds all candidates ran,
+    those seeds (comparing means over different seeds would pick a lucky seed, not a setting) and
+    the candidates."""
+    candidates = [label for label in arms if len(arms[label]) >= min_seeds
+                  and any(fnmatch.fnmatchcase(method_of(label), pattern) for pattern in baselines)]
     if not candidates:
-        raise SystemExit(f"no baseline among the arms: --baselines {sorted(baselines)}, arms {sorted(arms)}")
+        raise SystemExit(f"no baseline among the arms with >= {min_seeds} seeds: --baselines {baselines}, "
+                         f"arms {sorted(arms)}")
     seeds = sorted(set.intersection(*(set(arms[label]) for label in candidates)))
     if not seeds:
         raise SystemExit(f"the baselines {candidates} share no seed")
@@ -125,10 +136,10 @@ def report(summary: dict) -> list[str]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    baselines = set(args.baselines.split(","))
+    baselines = args.baselines.split(",")
     summary = {}
     for algorithm, arms in load_arms(args.results).items():
-        baseline, seeds, candidates = best_baseline(arms, baselines)
+        baseline, seeds, candidates = best_baseline(arms, baselines, args.min_seeds)
         summary[algorithm] = {"baseline": baseline, "selection_seeds": seeds, "candidates": candidates,
                               "arms": score(arms, baseline)}
     lines = report(summary)

@@ -63,8 +63,15 @@ def test_the_tuned_baseline_is_the_best_uniform_over_shared_seeds_and_scores_eve
                                   2: [(0.0, 0.2), (100.0, 0.9), (200.0, 1.0)]},       # a lucky seed the other lacks
             "uniform lr 0.0004": {0: up, 1: up},
             "screened lr 0.0004": {0: [(0.0, 0.2), (50.0, 0.3), (100.0, 0.4)], 1: [(0.0, 0.2), (100.0, 0.25)]}}
-    baseline, seeds, _ = best_baseline(arms, {"uniform"})
-    assert (baseline, seeds) == ("uniform lr 0.0004", [0, 1])
+    baseline, seeds, candidates = best_baseline(arms, ["uniform"])
+    assert (baseline, seeds, candidates) == ("uniform lr 0.0004", [0, 1], ["uniform lr 0.0002", "uniform lr 0.0004"])
+    # Tuned on samples per step too: uniform at n/4 per prompt is a candidate of "uniform*"; with
+    # one seed it is not (min_seeds), so it cannot win on a lucky run.
+    quarter = {"uniform-quarter lr 0.0002": {0: [(0.0, 0.2), (400.0, 0.95)]}}
+    assert best_baseline({**arms, **quarter}, ["uniform*"], min_seeds=2)[0] == "uniform lr 0.0004"
+    quarter["uniform-quarter lr 0.0002"][1] = [(0.0, 0.2), (400.0, 0.9)]
+    assert best_baseline({**arms, **quarter}, ["uniform*"], min_seeds=2)[0] == "uniform-quarter lr 0.0002"
+    assert best_baseline({**arms, **quarter}, ["uniform"], min_seeds=2)[0] == "uniform lr 0.0004"
     scored = score(arms, baseline)
     assert scored["uniform lr 0.0004"]["per_seed"] == {0: 1.0, 1: 1.0}
     assert scored["screened lr 0.0004"]["per_seed"] == {0: 2.0, 1: 0.0}       # seed 1 never gets there
