@@ -23,6 +23,8 @@ method generates per iteration and where they go:
     uniform@KxP, screened@KxP  and P prompts per iteration (fewer samples per step with GRPO's groups whole)
     gvm-iw, ours-iw  the same with sampler.reweight=true (loss weights n_bar / n_i: the token mean
                estimates uniform's gradient whatever the allocation)
+    <method>-rp  any of them with sampler.replay=1: the previous iteration's gradient-carrying samples
+               join each training batch (gvm.replay; trained on again, generated and counted once)
 
 A method that generates fewer samples per iteration than uniform runs more iterations (at least
 uniform's samples in all), so that "samples to reach uniform's final accuracy" exists for it.
@@ -61,6 +63,7 @@ SPLIT = {"uniform-half": 2, "screened": 2, "uniform-quarter": 4, "screened-quart
 AT_KINDS = ("uniform", "screened")     # kind@K: that sampler at K per prompt; kind@KxP: and P prompts per iteration
 AT_PATTERN = re.compile(r"(?P<kind>[a-z]+)@(?P<n>\d+)(?:x(?P<prompts>\d+))?")
 METHODS = BASE_METHODS + ("gvm" + REWEIGHTED, "ours" + REWEIGHTED)
+REPLAYED = "-rp"                       # <method>-rp: that method with sampler.replay=1
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -89,11 +92,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="more key=value overrides for every run (replaces the default: two optimizer steps per call)")
     args = p.parse_args(argv)
     for name, allowed in (("methods", METHODS), ("algorithms", ALGORITHMS)):
-        unknown = {x for x in getattr(args, name).split(",") if not (name == "methods" and at_n(x))} - set(allowed)
+        names = getattr(args, name).split(",")
+        if name == "methods":
+            names = [x.removesuffix(REPLAYED) for x in names if not at_n(x.removesuffix(REPLAYED))]
+        unknown = set(names) - set(allowed)
         if unknown:
             p.error(f"unknown {name} {sorted(unknown)}; choose from {list(allowed)}"
                     + (f" or kind@K / kind@KxP (K per prompt, P prompts per iteration), kind in {AT_KINDS}, "
-                       f"K >= 2, P >= 1" if name == "methods" else ""))
+                       f"K >= 2, P >= 1; any of them + {REPLAYED!r} for replay" if name == "methods" else ""))
     for pair in versus_pairs(args):
         if len(pair) != 2 or not set(pair) <= set(args.methods.split(",")):
             p.error(f"--versus {':'.join(pair)!r}: must be baseline:method, both among --methods")
@@ -104,7 +110,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def method_overrides(args, method: str) -> list[str]:
     """The sampler settings of a method (the rest is common to all)."""
-    return reweighted(method, lambda base: _base_overrides(args, base))
+    base = method.removesuffix(REPLAYED)
+    return (reweighted(base, lambda name: _base_overrides(args, name))
+            + (["sampler.replay=1"] if method.endswith(REPLAYED) else []))
 
 
 def _base_overrides(args, method: str) -> list[str]:
@@ -189,7 +197,7 @@ def run(args, name: str, overrides: list[str], iterations: int) -> Path:
 def iterations_of(args, method: str) -> int:
     """Iterations a method runs: at least the samples uniform generates in --iterations (a method that
     spends less per iteration runs longer, so that it can reach uniform's final accuracy at all)."""
-    base = method.removesuffix(REWEIGHTED)
+    base = method.removesuffix(REPLAYED).removesuffix(REWEIGHTED)
     fixed = fixed_n(args, base)
     per_iteration = ((fixed * prompts_of(args, base)) / (args.per_prompt * args.prompts) if fixed is not None
                      else {"ours": args.ours_budget}.get(base, 1.0))

@@ -19,8 +19,8 @@ Results: a table on stdout, benchmarks/results/tuned_baseline<tag>.{md,json}, ro
 from __future__ import annotations
 
 import argparse
-import json
 import fnmatch
+import json
 import math
 import statistics
 import sys
@@ -38,7 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("results", nargs="+", type=Path, help="bench_convergence<tag>.json files")
     p.add_argument("--baselines", default="uniform*",
                    help="comma-separated method patterns (fnmatch) that may serve as the baseline, the best of "
-                        "them taken; the default, every uniform sampler: n, n/2, n/4, @K, @KxP per prompt")
+                        "them taken; the default, every uniform sampler: n, n/2, n/4, 2n, @K, @KxP per prompt, "
+                        "with or without replay (-rp)")
     p.add_argument("--min-seeds", type=int, default=3,
                    help="a baseline candidate needs this many seeds (fewer cannot tune it; it is still scored)")
     p.add_argument("--tag", default="", help="suffix of the result files (tuned_baseline<tag>.md)")
@@ -81,8 +82,8 @@ def samples_to(curve: Curve, target: float) -> float | None:
     return cost_to_reach(costs, accuracies, target)
 
 
-def best_baseline(arms: dict[str, dict[int, Curve]], baselines: list[str],
-                  min_seeds: int = 1) -> tuple[str, list[int], list[str]]:
+def best_baseline(arms: dict[str, dict[int, Curve]], baselines: list[str], *,
+                  min_seeds: int) -> tuple[str, list[int], list[str]]:
     """The candidate (an arm whose method matches a pattern of `baselines`, run on at least
     `min_seeds` seeds) with the highest mean final accuracy over the seeds all candidates ran,
     those seeds (comparing means over different seeds would pick a lucky seed, not a setting) and
@@ -139,7 +140,7 @@ def main(argv=None) -> dict:
     baselines = args.baselines.split(",")
     summary = {}
     for algorithm, arms in load_arms(args.results).items():
-        baseline, seeds, candidates = best_baseline(arms, baselines, args.min_seeds)
+        baseline, seeds, candidates = best_baseline(arms, baselines, min_seeds=args.min_seeds)
         summary[algorithm] = {"baseline": baseline, "selection_seeds": seeds, "candidates": candidates,
                               "arms": score(arms, baseline)}
     lines = report(summary)

@@ -137,6 +137,9 @@ class SamplerConfig:
                                          # adaptive: all of them, pilot included); null: n_per_prompt * prompts
     objective: str = AUTO_OBJECTIVE      # the allocation objective: "auto" is the algorithm's (RAFT's for RAFT and
                                          # RAFT++, GRPO's for GRPO; docs/allocation.md), or "raft" / "grpo"
+    replay: int = 0                      # every sampler: the gradient-carrying samples of this many earlier
+                                         # iterations join each training batch (gvm.replay: trained on again,
+                                         # counted once, TIS-weighted for the policy's drift); 0: on-policy only
     reweight: bool = False               # gvm, adaptive: each sample's loss weight n_bar / n_i (gvm.stages.allocation_weights),
                                          # so the token-mean loss estimates uniform sampling's gradient; off: the paper
     # The allocation rule's settings: defaults are allocate()'s (the paper's) except where noted.
@@ -177,6 +180,7 @@ class SamplerConfig:
         require(self.kind in SAMPLERS, "sampler.kind", self.kind, f"must be one of {SAMPLERS}")
         require(self.n_per_prompt is None or self.n_per_prompt >= 1, "sampler.n_per_prompt", self.n_per_prompt,
                 "must be >= 1 or null (the algorithm's)")
+        require(self.replay >= 0, "sampler.replay", self.replay, "must be >= 0 (0: train on this iteration's samples only)")
         require(self.pilot_n >= 1, "sampler.pilot_n", self.pilot_n, "must be >= 1 (the pilot measures p_i)")
         require(self.budget is None or self.budget >= 1, "sampler.budget", self.budget, "must be >= 1 or null")
         objectives = (AUTO_OBJECTIVE, *OBJECTIVES)

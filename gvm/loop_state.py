@@ -4,7 +4,7 @@ whole or absent, never deleted unless asked.
 A checkpoint is a folder `<run>/checkpoints/iter<NNNNNN>/` holding the trainer's DeepSpeed
 checkpoint (weights, Adam state, LR schedule, every rank's RNG states; PolicyTrainer.save_checkpoint),
 every rank's engine sampling stream, `loop_state.json` (the next iteration, samples and seconds so
-far, the world size, the prompt stream's position, the per-prompt statistics, the resolved config)
+far, the world size, the prompt stream's position, the per-prompt statistics, the replay buffer, the resolved config)
 and `MANIFEST.json` (every file with its size). It is written under `iter<N>.partial/`, flushed,
 and renamed when complete; `checkpoints/latest` (the newest tag) is written after that, atomically.
 A folder without a manifest that matches its files is not a checkpoint. The newest complete one
@@ -47,6 +47,7 @@ class LoopState:
     world_size: int = 1           # ranks of the launch that wrote it (ZeRO cannot re-partition)
     prompts_drawn: int = 0        # the prompt stream's position (gvm.prompts.PromptStream)
     stats: dict = field(default_factory=dict)   # gvm.stats.PromptStats.state_dict()
+    replay: list = field(default_factory=list)  # gvm.replay.ReplayBuffer.state_dict()
     config: dict = field(default_factory=dict)  # the resolved RunConfig that wrote it (to_dict)
 
 

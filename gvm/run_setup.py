@@ -31,6 +31,7 @@ from gvm.prompts import Prompt, PromptStream, load_rows, prompt_budget, to_promp
 from gvm.rollouts import Rollouts
 from gvm.run_folder import apply_launch, plan_launch
 from gvm.run_log import PhaseTimer, RunLog
+from gvm.replay import ReplayBuffer
 from gvm.samplers import Sampler, SamplerContext, make_sampler
 from gvm.stats import PromptStats
 from gvm.toy import build_tiny
@@ -57,6 +58,7 @@ class Run:
     swap: Colocation             # who holds the accelerator: trainer or engine
     timer: PhaseTimer
     stats: PromptStats
+    replay: ReplayBuffer         # earlier iterations' samples that join each training batch (sampler.replay)
     state: LoopState
     wall_start: float            # time.perf_counter() at the run's start (earlier launches included)
     warm_seconds: float = 0.0    # the warm start's wall time (0 when none ran now)
@@ -101,9 +103,11 @@ def start_run(cfg: RunConfig) -> Run:
     timer = PhaseTimer()
     swap = Colocation(trainer, rollouts, timer)
     stats, state = PromptStats(cfg.sampler.stats_ema), LoopState(world_size=gdist.world_size())
+    replay = ReplayBuffer(cfg.sampler.replay)
     if resume_from is not None:
         state = load_checkpoint(trainer, rollouts, run_dir, resume_from)
         stats.load_state_dict(state.stats)
+        replay.load_state_dict(state.replay)
         swap.sync()          # the engine was built from the warm start, not the checkpoint
         timer.pop()
         runlog.print(f"resumed from {resume_from} at iteration {state.iteration}")
@@ -113,7 +117,8 @@ def start_run(cfg: RunConfig) -> Run:
     sampler = make_sampler(SamplerContext(cfg=cfg, algorithm=algorithm, rollouts=rollouts, swap=swap, timer=timer,
                                           trainer=trainer, stream=stream, stats=stats))
     return Run(cfg=cfg, run_dir=run_dir, log=runlog, algorithm=algorithm, eval_prompts=eval_prompts, stream=stream,
-               sampler=sampler, trainer=trainer, rollouts=rollouts, swap=swap, timer=timer, stats=stats, state=state,
+               sampler=sampler, trainer=trainer, rollouts=rollouts, swap=swap, timer=timer, stats=stats, replay=replay,
+               state=state,
                wall_start=time.perf_counter() - state.wall_seconds, warm_seconds=warm_seconds)
 
 

@@ -49,6 +49,7 @@ from gvm.distributed import add_launcher_args, shutdown
 from gvm.eval import evaluate
 from gvm.failpoints import failpoint
 from gvm.loop_state import save_checkpoint
+from gvm.replay import joined
 from gvm.run_log import acceptance_histogram, count_spread
 from gvm.run_setup import Run, start_run
 from gvm.samplers import Collected
@@ -72,12 +73,16 @@ def main(cfg: RunConfig) -> dict:
         state.prompts_drawn = run.stream.position
 
         # Train on them (RAFT / RAFT++ / GRPO), then push the new weights into the engine.
+        # With sampler.replay, earlier iterations' gradient-carrying samples join the batch (gvm.replay).
         data = make_samples(collected.batch, run.algorithm, f"{it}/main", baseline=collected.baseline,
                             reweight=cfg.sampler.reweight)
+        replayed = run.replay.data()
+        collected.row["replayed"] = len(replayed.samples)
         with swap.training(), timer("train"):
-            train = train_on(run.trainer, data, run.algorithm, epochs=cfg.epochs, mismatch=cfg.rollout.mismatch,
-                             rng_key=[cfg.seed, it, 2])
+            train = train_on(run.trainer, joined(data, replayed), run.algorithm, epochs=cfg.epochs,
+                             mismatch=cfg.rollout.mismatch, rng_key=[cfg.seed, it, 2])
         failpoint("train")
+        run.replay.add(data)
         run.sampler.observe_training([p.key for p in collected.batch.prompts], data.owners,
                                      unweighted_norms(train["grad_norms"], data))
         swap.sync()
@@ -181,6 +186,7 @@ def checkpoint(run: Run) -> None:
     """A checkpoint of the loop as it stands (gvm.loop_state: whole or absent)."""
     state = run.state
     state.stats = run.stats.state_dict()
+    state.replay = run.replay.state_dict()
     state.wall_seconds = time.perf_counter() - run.wall_start
     with run.swap.training():
         save_checkpoint(run.trainer, run.rollouts, run.run_dir, state, run.cfg.checkpoint_keep)

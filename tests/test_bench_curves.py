@@ -63,7 +63,7 @@ def test_the_tuned_baseline_is_the_best_uniform_over_shared_seeds_and_scores_eve
                                   2: [(0.0, 0.2), (100.0, 0.9), (200.0, 1.0)]},       # a lucky seed the other lacks
             "uniform lr 0.0004": {0: up, 1: up},
             "screened lr 0.0004": {0: [(0.0, 0.2), (50.0, 0.3), (100.0, 0.4)], 1: [(0.0, 0.2), (100.0, 0.25)]}}
-    baseline, seeds, candidates = best_baseline(arms, ["uniform"])
+    baseline, seeds, candidates = best_baseline(arms, ["uniform"], min_seeds=2)
     assert (baseline, seeds, candidates) == ("uniform lr 0.0004", [0, 1], ["uniform lr 0.0002", "uniform lr 0.0004"])
     # Tuned on samples per step too: uniform at n/4 per prompt is a candidate of "uniform*"; with
     # one seed it is not (min_seeds), so it cannot win on a lucky run.
@@ -89,3 +89,16 @@ def test_a_baseline_scored_against_itself_is_level_on_every_seed(seed):
             accs.append(accs[-1] + rng.uniform(0.001, 0.05))           # rising: the target lies above the start
         curves[s] = [(100.0 * i, a) for i, a in enumerate(accs)]
     assert set(score({"uniform lr 1": curves}, "uniform lr 1")["uniform lr 1"]["per_seed"].values()) == {1.0}
+
+
+def test_a_replayed_method_is_the_method_with_replay_on_and_runs_as_long():
+    from bench_convergence import iterations_of, method_overrides, parse_args
+    args = parse_args(["--methods", "uniform,uniform-quarter-rp,screened@2x32-rp,gvm-iw-rp", "--iterations", "20"])
+    for method in ("uniform-quarter", "screened@2x32", "gvm-iw"):
+        assert method_overrides(args, method + "-rp") == [*method_overrides(args, method), "sampler.replay=1"]
+        assert iterations_of(args, method + "-rp") == iterations_of(args, method)
+    assert "sampler.replay=1" not in method_overrides(args, "uniform")
+    assert iterations_of(args, "screened@2x32") == 160          # a quarter of the prompts at 2 of 8: 8x the iterations
+    for bad in ("thompson-rp", "uniform-rp-rp"):
+        with pytest.raises(SystemExit):
+            parse_args(["--methods", bad])

@@ -94,6 +94,7 @@ def test_saved_config_loads_back_equal(tmp_path, rng):
     ("sampler.budget=0", "sampler.budget", ">= 1"),
     ("sampler.budget=ten", "sampler.budget", "must be an integer"),
     ("sampler.pilot_n=0", "sampler.pilot_n", ">= 1"),
+    ("sampler.replay=-1", "sampler.replay", ">= 0"),
     ("sampler.stats_ema=1.0", "sampler.stats_ema", "[0, 1)"),
     ("sampler.zero_accept=drop", "sampler.zero_accept", "must be one of"),
     ("sampler.screen_min_useful=1.5", "sampler.screen_min_useful", "[0, 1]"),

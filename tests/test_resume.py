@@ -22,7 +22,9 @@ pytest.importorskip("deepspeed")
 ITERATIONS = 2
 SMALL = [*TASK, *QUIET, f"iterations={ITERATIONS}", "checkpoint_every=1", "eval.every=2", "eval.k=1",
          "task.num_eval=4", "data.prompts_per_iteration=4", "sampler.kind=gvm", "sampler.pilot_n=2",
-         "sampler.n_per_prompt=2", "rollout.sampling.max_tokens=16", "rollout.engine=hf"]
+         "sampler.n_per_prompt=2", "sampler.replay=1", "rollout.sampling.max_tokens=16", "rollout.engine=hf"]
+# sampler.replay=1: iteration 2 also trains on iteration 1's accepted samples, which a resume after
+# iteration 1's checkpoint must take from the checkpoint (gvm.replay).
 # Which passage of each failpoint falls in iteration 2 (the last), after iteration 1's checkpoint:
 # per iteration the gvm sampler generates twice (pilot, stage 2), trains, syncs and logs once;
 # "eval" runs before RL and then at iteration 2; the checkpoint of iteration 2 is the final one.
@@ -73,6 +75,10 @@ def reference(tmp_path_factory, warm_model, module_seed) -> tuple[Path, list[str
     root = tmp_path_factory.mktemp("reference")
     args = [f"run_root={root}", "name=run", f"model={warm_model}", f"seed={module_seed}", *SMALL]
     finished(launch(args))
+    rows = read_rows(root / "run" / "metrics.jsonl")
+    # RAFT++ trains on accepted samples only, all with advantage 1: iteration 2 replays exactly what iteration 1
+    # trained on (the warm model accepts most of its 16 samples: none at all has odds below 1e-6)
+    assert rows[1]["replayed"] == 0 and rows[2]["replayed"] == rows[1]["train"]["num_samples"] > 0
     return root / "run", args[2:]
 
 
