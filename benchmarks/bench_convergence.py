@@ -19,7 +19,8 @@ method generates per iteration and where they go:
     screened   sampler.kind=screened at n/2 per prompt (as uniform-half): prompts whose history says
                their group will carry no gradient are skipped before generating, others drawn instead
     uniform-quarter, screened-quarter  the same at n/4 per prompt (at least 2)
-    uniform@K, screened@K  the same at K per prompt (K >= 2: e.g. screened@3 for GRPO, between n/4 and n/2)
+    uniform@K, screened@K  the same at K per prompt (e.g. screened@3 for GRPO, between n/4 and n/2; K = 1
+               only for RAFT / RAFT++: a GRPO group needs two)
     uniform@KxP, screened@KxP  and P prompts per iteration (fewer samples per step with GRPO's groups whole)
     gvm-iw, ours-iw  the same with sampler.reweight=true (loss weights n_bar / n_i: the token mean
                estimates uniform's gradient whatever the allocation)
@@ -99,7 +100,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         if unknown:
             p.error(f"unknown {name} {sorted(unknown)}; choose from {list(allowed)}"
                     + (f" or kind@K / kind@KxP (K per prompt, P prompts per iteration), kind in {AT_KINDS}, "
-                       f"K >= 2, P >= 1; any of them + {REPLAYED!r} for replay" if name == "methods" else ""))
+                       f"K >= 1, P >= 1; any of them + {REPLAYED!r} for replay" if name == "methods" else ""))
+    singles = [m for m in args.methods.split(",") if at_n(m.removesuffix(REPLAYED)) == 1]
+    if singles and any(ALGORITHMS[a].needs_both_outcomes for a in args.algorithms.split(",")):
+        p.error(f"--methods {singles}: one sample per prompt gives GRPO's groups no reward variance (advantage 0); "
+                f"use K >= 2 with --algorithms grpo")
     for pair in versus_pairs(args):
         if len(pair) != 2 or not set(pair) <= set(args.methods.split(",")):
             p.error(f"--versus {':'.join(pair)!r}: must be baseline:method, both among --methods")
@@ -134,10 +139,10 @@ def _base_overrides(args, method: str) -> list[str]:
 
 
 def at_spec(method: str) -> tuple[int, int | None] | None:
-    """(K, P) of a kind@K or kind@KxP method: K samples per prompt (K >= 2: a GRPO group needs two)
+    """(K, P) of a kind@K or kind@KxP method: K samples per prompt (K >= 1; parse_args refuses 1 with GRPO)
     and P prompts per iteration (None: --prompts); None for the other methods."""
     match = AT_PATTERN.fullmatch(method)
-    if match is None or match["kind"] not in AT_KINDS or int(match["n"]) < 2:
+    if match is None or match["kind"] not in AT_KINDS or int(match["n"]) < 1:
         return None
     prompts = int(match["prompts"]) if match["prompts"] else None
     return None if prompts == 0 else (int(match["n"]), prompts)
@@ -156,8 +161,8 @@ def prompts_of(args, method: str) -> int:
 
 
 def fixed_n(args, method: str) -> int | None:
-    """Samples per prompt of the methods that fix it below n (SPLIT, kind@K), at least 2 (a GRPO group
-    needs two); None for the others."""
+    """Samples per prompt of the methods that fix it below n: SPLIT's at least 2 (a GRPO group needs
+    two), kind@K's K; None for the others."""
     return max(2, args.per_prompt // SPLIT[method]) if method in SPLIT else at_n(method)
 
 

@@ -99,6 +99,8 @@ def test_a_replayed_method_is_the_method_with_replay_on_and_runs_as_long():
         assert iterations_of(args, method + "-rp") == iterations_of(args, method)
     assert "sampler.replay=1" not in method_overrides(args, "uniform")
     assert iterations_of(args, "screened@2x32") == 160          # a quarter of the prompts at 2 of 8: 8x the iterations
-    for bad in ("thompson-rp", "uniform-rp-rp"):
+    assert iterations_of(parse_args(["--methods", "uniform@1x128", "--algorithms", "raft++"]), "uniform@1x128") == 80
+    for bad in (["--methods", "thompson-rp"], ["--methods", "uniform-rp-rp"], ["--methods", "uniform@0"],
+                ["--methods", "uniform@1x128", "--algorithms", "raft++,grpo"]):   # a GRPO group needs two
         with pytest.raises(SystemExit):
-            parse_args(["--methods", bad])
+            parse_args(bad)
