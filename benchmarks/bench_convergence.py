@@ -31,7 +31,7 @@ A method that generates fewer samples per iteration than uniform runs more itera
 uniform's samples in all), so that "samples to reach uniform's final accuracy" exists for it.
 
 Reported per algorithm: the target is each seed's uniform run's final accuracy (the mean of its
-last two evaluations); per run, the generated samples (and seconds) at which a monotone fit of its
+last two evaluations; `--reference` names another method to take uniform's place); per run, the generated samples (and seconds) at which a monotone fit of its
 held-out curve reaches that target (benchmarks/curves.py); the paired ratio uniform / method per
 seed, its median and a bootstrap 95 % interval over seeds; final accuracies; the mean fraction of
 generated samples that carried gradient and the mean R_pred. uniform2x against uniform at equal
@@ -86,6 +86,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ranks", type=int, default=1, help="processes per run (torchrun when > 1)")
     p.add_argument("--root", default=str(REPO / "runs" / "bench_convergence"))
     p.add_argument("--tag", default="", help="suffix of the result files (bench_convergence<tag>.md)")
+    p.add_argument("--reference", default="uniform",
+                   help="the method whose final accuracy is each seed's target and the ratios' denominator (among "
+                        "--methods); another than uniform: a tuned baseline run at its own rate or batch shape")
     p.add_argument("--versus", default="",
                    help="comma-separated baseline:method pairs also compared head to head, paired by seed "
                         "(e.g. uniform-quarter:screened-quarter: the method against a tuned uniform)")
@@ -105,6 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if singles and any(ALGORITHMS[a].needs_both_outcomes for a in args.algorithms.split(",")):
         p.error(f"--methods {singles}: one sample per prompt gives GRPO's groups no reward variance (advantage 0); "
                 f"use K >= 2 with --algorithms grpo")
+    if args.reference not in args.methods.split(","):
+        p.error(f"--reference {args.reference!r}: must be one of --methods ({args.methods})")
     for pair in versus_pairs(args):
         if len(pair) != 2 or not set(pair) <= set(args.methods.split(",")):
             p.error(f"--versus {':'.join(pair)!r}: must be baseline:method, both among --methods")
@@ -219,10 +224,10 @@ def curve(rows: list[dict]) -> list[tuple[int, float, float, int]]:
 
 
 def summarise(args, curves: dict, rows: dict) -> dict:
-    """Per algorithm and method: paired ratios to uniform, finals, useful fractions, R_pred."""
+    """Per algorithm and method: paired ratios to the reference (uniform), finals, useful fractions, R_pred."""
     out = {}
     for algorithm, by_method in curves.items():
-        base = by_method.get("uniform", {})
+        base = by_method.get(args.reference, {})
         targets = {s: final_accuracy([x[2] for x in c]) for s, c in base.items()}
         reach = {}
         for method, by_seed in by_method.items():
@@ -234,9 +239,9 @@ def summarise(args, curves: dict, rows: dict) -> dict:
                                        "total_seconds": c[-1][1]}
         result = {}
         for method, by_seed in by_method.items():
-            ratio_samples = paired_ratios({s: r["samples"] for s, r in reach["uniform"].items()},
+            ratio_samples = paired_ratios({s: r["samples"] for s, r in reach[args.reference].items()},
                                           {s: (r["samples"], r["total_samples"]) for s, r in reach[method].items()})
-            ratio_seconds = paired_ratios({s: r["seconds"] for s, r in reach["uniform"].items()},
+            ratio_seconds = paired_ratios({s: r["seconds"] for s, r in reach[args.reference].items()},
                                           {s: (r["seconds"], r["total_seconds"]) for s, r in reach[method].items()})
             finals = [final_accuracy([x[2] for x in c]) for c in by_seed.values()]
             method_rows = [r for seed in by_seed for r in rows[algorithm][method][seed] if r["iteration"] > 0]
@@ -297,7 +302,7 @@ def report(args, summary: dict) -> list[str]:
     lines = []
     for algorithm, s in summary.items():
         lines += [f"### {algorithm}", "",
-                  "| method | samples / it | samples to target: ratio to uniform (median, 95% CI) | seconds: ratio | "
+                  f"| method | samples / it | samples to target: ratio to {args.reference} (median, 95% CI) | seconds: ratio | "
                   "reached | final acc (mean +- se) | useful fraction | R_pred |", "|---|---|---|---|---|---|---|---|"]
         for method, r in s["methods"].items():
             med, lo, hi = r["ratio_samples"]

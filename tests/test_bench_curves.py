@@ -91,16 +91,20 @@ def test_a_baseline_scored_against_itself_is_level_on_every_seed(seed):
     assert set(score({"uniform lr 1": curves}, "uniform lr 1")["uniform lr 1"]["per_seed"].values()) == {1.0}
 
 
-def test_a_replayed_method_is_the_method_with_replay_on_and_runs_as_long():
+def test_method_names_parse_to_their_settings_and_bad_ones_are_refused():
     from bench_convergence import iterations_of, method_overrides, parse_args
     args = parse_args(["--methods", "uniform,uniform-quarter-rp,screened@2x32-rp,gvm-iw-rp", "--iterations", "20"])
+    assert parse_args(["--methods", "uniform@1x64,screened@1x128", "--reference", "uniform@1x64",
+                       "--algorithms", "raft++"]).reference == "uniform@1x64"
     for method in ("uniform-quarter", "screened@2x32", "gvm-iw"):
         assert method_overrides(args, method + "-rp") == [*method_overrides(args, method), "sampler.replay=1"]
         assert iterations_of(args, method + "-rp") == iterations_of(args, method)
     assert "sampler.replay=1" not in method_overrides(args, "uniform")
     assert iterations_of(args, "screened@2x32") == 160          # a quarter of the prompts at 2 of 8: 8x the iterations
-    assert iterations_of(parse_args(["--methods", "uniform@1x128", "--algorithms", "raft++"]), "uniform@1x128") == 80
+    assert iterations_of(parse_args(["--methods", "uniform,uniform@1x128", "--algorithms", "raft++"]), "uniform@1x128") == 80
     for bad in (["--methods", "thompson-rp"], ["--methods", "uniform-rp-rp"], ["--methods", "uniform@0"],
-                ["--methods", "uniform@1x128", "--algorithms", "raft++,grpo"]):   # a GRPO group needs two
+                ["--methods", "uniform,uniform@1x128", "--algorithms", "raft++,grpo"],    # a GRPO group needs two
+                ["--methods", "uniform@1x64,screened@1x128"],                    # the reference (uniform) is not run
+                ["--methods", "uniform", "--reference", "uniform@1x64"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
