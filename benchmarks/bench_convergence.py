@@ -31,8 +31,8 @@ A method that generates fewer samples per iteration than uniform runs more itera
 uniform's samples in all), so that "samples to reach uniform's final accuracy" exists for it.
 
 Reported per algorithm: the target is each seed's uniform run's final accuracy (the mean of its
-last two evaluations; `--reference` names another method to take uniform's place); per run, the generated samples (and seconds) at which a monotone fit of its
-held-out curve reaches that target (benchmarks/curves.py); the paired ratio uniform / method per
+last two evaluations; `--reference` names another method to take uniform's place); per run, the
+generated samples (and seconds) at which a monotone fit of its held-out curve reaches that target (benchmarks/curves.py); the paired ratio uniform / method per
 seed, its median and a bootstrap 95 % interval over seeds; final accuracies; the mean fraction of
 generated samples that carried gradient and the mean R_pred. uniform2x against uniform at equal
 iterations says whether variance limits progress here at all. Results: a table on stdout,

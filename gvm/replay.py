@@ -19,11 +19,9 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 
-import numpy as np
-
 from gvm.engines.base import Completion
 from gvm.packing import Sample
-from gvm.stages import TrainData
+from gvm.stages import TrainData, carries_gradient
 
 
 class ReplayBuffer:
@@ -33,18 +31,18 @@ class ReplayBuffer:
         if iterations < 0:
             raise ValueError(f"replay iterations must be >= 0, got {iterations}")
         self.iterations = iterations
-        self._held: deque[list[dict]] = deque(maxlen=max(iterations, 1))
+        self._held: deque[list[dict]] = deque(maxlen=iterations)   # maxlen 0 (off) keeps nothing
 
     def __len__(self) -> int:
-        return sum(len(entry) for entry in self._held) if self.iterations else 0
+        return sum(len(entry) for entry in self._held)
 
     def add(self, data: TrainData) -> None:
         """Keep one iteration's gradient-carrying samples (the oldest iteration falls out)."""
         if not self.iterations:
-            return
+            return                     # off: nothing to copy
         kept = []
         for sample, completion, reward in zip(data.samples, data.completions, data.rewards):
-            if np.any(np.asarray(sample.advantage) != 0):
+            if carries_gradient(sample):
                 kept.append({"sample_id": str(sample.sample_id), "prompt_ids": list(sample.prompt_ids),
                              "response_ids": list(sample.response_ids), "advantage": sample.advantage,
                              "engine_logprobs": list(completion.logprobs), "reward": float(reward)})
@@ -53,8 +51,6 @@ class ReplayBuffer:
     def data(self) -> TrainData:
         """The held samples as training data (owners -1: no prompt of the current iteration)."""
         out = TrainData([], [], [], [])
-        if not self.iterations:
-            return out
         for entry in self._held:
             for item in entry:
                 out.samples.append(Sample(sample_id=f"replay/{item['sample_id']}", prompt_ids=item["prompt_ids"],
@@ -67,12 +63,11 @@ class ReplayBuffer:
         return out
 
     def state_dict(self) -> list[list[dict]]:
-        return [list(entry) for entry in self._held] if self.iterations else []
+        return [list(entry) for entry in self._held]
 
     def load_state_dict(self, state: list[list[dict]]) -> None:
-        self._held.clear()
-        for entry in state[-self._held.maxlen:] if self.iterations else []:
-            self._held.append(list(entry))
+        """The newest `iterations` entries of `state` (a checkpoint's)."""
+        self._held = deque((list(entry) for entry in state), maxlen=self.iterations)
 
 
 def joined(first: TrainData, second: TrainData) -> TrainData:

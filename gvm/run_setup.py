@@ -28,10 +28,10 @@ from gvm.engines.factory import EngineSpec, context_length, model_stop_ids, reso
 from gvm.failpoints import check_environment as check_failpoint_environment
 from gvm.loop_state import LoopState, load_checkpoint, peek_iteration
 from gvm.prompts import Prompt, PromptStream, load_rows, prompt_budget, to_prompts
+from gvm.replay import ReplayBuffer
 from gvm.rollouts import Rollouts
 from gvm.run_folder import apply_launch, plan_launch
 from gvm.run_log import PhaseTimer, RunLog
-from gvm.replay import ReplayBuffer
 from gvm.samplers import Sampler, SamplerContext, make_sampler
 from gvm.stats import PromptStats
 from gvm.toy import build_tiny

@@ -181,7 +181,11 @@ def allocate_counts(grad, accept, budget: int, sampler, *, objective: str = "raf
         return allocate_uniform(len(accept), budget), "uniform-fallback"
 
 
+def carries_gradient(sample: Sample) -> bool:
+    """A non-zero advantage on some token (RAFT: accepted; GRPO: a group whose rewards differ)."""
+    return bool(np.any(np.asarray(sample.advantage) != 0))
+
+
 def useful_samples(data: TrainData) -> int:
-    """Training samples that carry gradient: a non-zero advantage (RAFT: accepted; GRPO: a group
-    whose rewards differ)."""
-    return sum(1 for s in data.samples if np.any(np.asarray(s.advantage) != 0))
+    """Training samples that carry gradient (`carries_gradient`)."""
+    return sum(1 for s in data.samples if carries_gradient(s))
