@@ -9,7 +9,9 @@ with fewer samples per iteration run more iterations to uniform's total, so thei
 compared at (at least) the same samples. Each arm
 (method x file) is then scored the same way as there: per seed, the baseline's samples to its own
 final accuracy over the arm's samples to that accuracy (monotone fit, 0 when the arm never gets
-there), with the median and a bootstrap 95 % interval over seeds.
+there), with the median and a bootstrap 95 % interval over seeds. A run that started from
+another accuracy before RL than its seed's other runs (another machine, warm start, a damaged
+folder) is not paired with them: it is left out, and the report says so.
 
     python benchmarks/tuned_baseline.py benchmarks/results/bench_convergence_eight_grpo.json \
         benchmarks/results/bench_convergence_lr4e-4_grpo.json --tag _tuned_grpo
@@ -67,6 +69,22 @@ def load_arms(paths: list[Path]) -> dict[str, dict[str, dict[int, Curve]]]:
                                      f"the same setting ({path}); pass one of them")
                 known.update(curves)       # the same runs reused by two benchmarks, or more seeds of one
     return arms
+
+
+def unpaired(arms: dict[str, dict[int, Curve]]) -> list[tuple[str, int, float, float]]:
+    """(arm, seed, its accuracy before RL, the seed's) of the runs that cannot be paired by seed.
+
+    Pairing by seed holds only where every run of a seed started from the same model on the same
+    held-out set, so at the same accuracy before RL. A run on another CPU (its own rounding, its
+    own warm start), with other warm-start settings, or from a damaged folder starts elsewhere:
+    the seed's start is the one most of its runs share, and the others are left out."""
+    starts: dict[int, list[float]] = {}
+    for by_seed in arms.values():
+        for seed, curve in by_seed.items():
+            starts.setdefault(seed, []).append(curve[0][1])
+    common = {seed: statistics.mode(values) for seed, values in starts.items()}
+    return [(label, seed, curve[0][1], common[seed]) for label, by_seed in arms.items()
+            for seed, curve in by_seed.items() if curve[0][1] != common[seed]]
 
 
 def method_of(label: str) -> str:
@@ -131,6 +149,8 @@ def report(summary: dict) -> list[str]:
             per_seed = ", ".join(f"{x:.2f}" for x in r["per_seed"].values())
             lines.append(f"| {label} | {len(r['seeds'])} | {med:.2f}x ({lo:.2f}-{hi:.2f}) | "
                          f"{r['reached']}/{len(r['seeds'])} | {fin:.3f} +- {se:.3f} | {per_seed} |")
+        lines += [f"Left out, not paired with its seed's other runs (accuracy before RL {start:.4f}, theirs "
+                  f"{common:.4f}): {label} seed {seed}." for label, seed, start, common in s["left_out"]]
         lines.append("")
     return lines
 
@@ -140,9 +160,15 @@ def main(argv=None) -> dict:
     baselines = args.baselines.split(",")
     summary = {}
     for algorithm, arms in load_arms(args.results).items():
+        left_out = unpaired(arms)
+        for label, seed, start, common in left_out:
+            del arms[label][seed]
+            print(f"{algorithm} {label} seed {seed} left out: it starts at accuracy {start:.4f}, the seed's "
+                  f"other runs at {common:.4f} (another machine, warm start or a damaged run)")
+        arms = {label: by_seed for label, by_seed in arms.items() if by_seed}
         baseline, seeds, candidates = best_baseline(arms, baselines, min_seeds=args.min_seeds)
         summary[algorithm] = {"baseline": baseline, "selection_seeds": seeds, "candidates": candidates,
-                              "arms": score(arms, baseline)}
+                              "arms": score(arms, baseline), "left_out": left_out}
     lines = report(summary)
     print("\n".join(lines))
     header = (f"Machine: {machine_name()}. `python benchmarks/tuned_baseline.py {' '.join(sys.argv[1:])}`: "

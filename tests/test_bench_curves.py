@@ -91,6 +91,23 @@ def test_a_baseline_scored_against_itself_is_level_on_every_seed(seed):
     assert set(score({"uniform lr 1": curves}, "uniform lr 1")["uniform lr 1"]["per_seed"].values()) == {1.0}
 
 
+def test_runs_that_start_elsewhere_than_their_seed_are_not_paired(seed):
+    """Every run of a seed starts at the same accuracy before RL (one warm start, one held-out set);
+    one from another machine or a damaged folder does not, and is the one reported."""
+    from tuned_baseline import unpaired
+    rng = random.Random(seed)
+    seeds = range(rng.randint(1, 5))
+    starts = {s: rng.uniform(0.1, 0.3) for s in seeds}
+    labels = [f"uniform lr {i}" for i in range(rng.randint(3, 6))]
+    arms = {label: {s: [(0.0, starts[s]), (100.0, starts[s] + rng.uniform(0, 0.1))] for s in seeds}
+            for label in labels}
+    assert unpaired(arms) == []
+    odd_label, odd_seed = rng.choice(labels), rng.choice(list(seeds))
+    moved = starts[odd_seed] + rng.choice([-1, 1]) * rng.uniform(1e-4, 0.05)
+    arms[odd_label][odd_seed] = [(0.0, moved), (100.0, 0.5)]
+    assert unpaired(arms) == [(odd_label, odd_seed, moved, starts[odd_seed])]
+
+
 def test_method_names_parse_to_their_settings_and_bad_ones_are_refused():
     from bench_convergence import iterations_of, method_overrides, parse_args
     args = parse_args(["--methods", "uniform,uniform-quarter-rp,screened@2x32-rp,gvm-iw-rp", "--iterations", "20"])
