@@ -31,6 +31,6 @@ setup(
         "gpu": ["vllm", "flash-attn"],
         "bench": ["liger-kernel>=0.5"],
         "wandb": ["wandb"],            # log.wandb=true
-        "test": ["pytest", "hypothesis", "scipy"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "scipy"],
     },
 )

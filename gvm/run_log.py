@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from matplotlib.figure import Figure
 from tqdm import tqdm
 
 # Acceptance-rate histogram bins of the table: p = 0, (0, .25], (.25, .5], (.5, .75], (.75, 1), p = 1.
@@ -184,6 +183,7 @@ def plot_accuracy(curves: dict[str, list[tuple[float, float, float]]], path: Pat
                   target: float | None = None) -> Path:
     """Held-out accuracy against generated samples (left) and wall-clock seconds (right), one line
     per curve of (samples, seconds, accuracy) points."""
+    from matplotlib.figure import Figure   # here: a run with log.plot=false does not pay its import
     fig = Figure(figsize=(10, 4))   # no pyplot: no global backend, no window, nothing to close
     axes = fig.subplots(1, 2)
     for label, points in curves.items():

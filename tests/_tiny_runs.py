@@ -1,7 +1,10 @@
 """Short real runs of the training loop on the CPU, shared by the loop-level tests: one-digit
 sums after a short warm start, so pilot samples are accepted and every phase has work."""
+import contextlib
+import fcntl
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 TRAIN = Path(__file__).resolve().parents[1] / "gvm" / "train.py"
@@ -21,3 +24,16 @@ def build_warm_model(root: Path, seed: int) -> Path:
     run_script(TRAIN, [f"run_root={root}", "name=warm", f"seed={seed}", *TASK, "iterations=0", "warmstart.steps=150",
                        "rollout.engine=hf", *QUIET])
     return root / "warm" / "final"
+
+
+@contextlib.contextmanager
+def one_two_rank_vllm_group_at_a_time():
+    """Held around a launch whose two ranks form one vLLM group. vLLM's CPU communicator names its
+    /dev/shm segments after the rendezvous ("env://" under torchrun), not the port, so two such
+    groups at once (pytest-xdist workers) would open each other's segments."""
+    with open(Path(tempfile.gettempdir()) / "gvm-tests-two-rank-vllm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -30,6 +30,20 @@ def pytest_configure(config):
         providers._get_local_constants = lambda: empty
 
 
+# The longest modules go first: under pytest-xdist (`-n 2 --dist loadfile --no-loadscope-reorder`, the
+# Makefile's test command) each module runs whole on one worker, and a long one started last would
+# leave the other worker idle at the end.
+LONGEST_FIRST = ("test_train", "test_resume", "test_colocation", "test_bring_your_own", "test_rollout_zero3")
+
+
+def pytest_collection_modifyitems(config, items):
+    def module(item) -> str:
+        return item.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+
+    items.sort(key=lambda item: LONGEST_FIRST.index(module(item)) if module(item) in LONGEST_FIRST
+               else len(LONGEST_FIRST))
+
+
 def pytest_report_header(config):
     return f"{ENV}={SESSION_SEED} (set it to replay this session's random inputs)"
 

@@ -5,6 +5,7 @@ evaluations and final weights as the run never killed; damaged checkpoints are p
 the run is, stops with a clear error before any work."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import torch
 from _tiny_runs import QUIET, TASK, TRAIN
 from safetensors.torch import load_file
 
+from gvm.config import ConfigError, load_config
 from gvm.failpoints import ENV, FAILPOINT_EXIT, FAILPOINTS
+from gvm.run_folder import plan_launch
 
 pytest.importorskip("deepspeed")
 
@@ -151,10 +154,13 @@ def test_a_used_folder_stops_a_fresh_run_and_loses_nothing(reference, tmp_path):
 def test_resume_refuses_a_changed_algorithm_and_takes_more_iterations(reference, tmp_path):
     reference_dir, args = reference
     copy = _copy(reference_dir, tmp_path)
-    proc = _resume(copy, args, "algorithm=grpo")
-    assert proc.returncode == 2 and "algorithm: 'raft++' -> 'grpo'" in proc.stderr
-    proc = _resume(copy, args, "trainer.lr=0.1")
-    assert proc.returncode == 2 and "trainer.lr: 0.0002 -> 0.1" in proc.stderr
+    resume = [f"run_root={copy.parent}", "name=run", *args, "resume=true", f"iterations={ITERATIONS + 1}"]
+    # What a launch does with its folder is planned before any work (gvm.run_folder), so the refusals are
+    # checked in this process; a used folder's refusal, above, goes through the command line (exit 2).
+    with pytest.raises(ConfigError, match=re.escape("algorithm: 'raft++' -> 'grpo'")):
+        plan_launch(load_config(None, [*resume, "algorithm=grpo"]))
+    with pytest.raises(ConfigError, match=re.escape("trainer.lr: 0.0002 -> 0.1")):
+        plan_launch(load_config(None, [*resume, "trainer.lr=0.1"]))
     log = finished(_resume(copy, args, "eval.every=1"))                    # more iterations, another cadence
     assert "resume changes iterations: 2 -> 3" in log and "resume changes eval.every: 2 -> 1" in log
     assert [r["iteration"] for r in read_rows(copy / "metrics.jsonl")] == list(range(ITERATIONS + 2))

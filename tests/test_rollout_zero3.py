@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from _seed import seed_for
+from _tiny_runs import one_two_rank_vllm_group_at_a_time
 
 pytest.importorskip("deepspeed")
 pytest.importorskip("vllm")
@@ -39,7 +40,8 @@ def launch(model: Path, out: Path, *extra: str) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_port", str(_free_port()), str(WORKER), "--model", str(model), "--out", str(out),
                "--seed", str(SEED), *extra]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    with one_two_rank_vllm_group_at_a_time():
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"worker failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
 
 

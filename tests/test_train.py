@@ -5,6 +5,7 @@ resumed on one process, then run on an HF folder with data files (the "real mode
 The run must end with a held-out accuracy above the warm start's, and its audit log must show
 that every stage-2 allocation is `allocate()` of the p_i and G_i it logged. Fresh seed each run
 (printed)."""
+import contextlib
 import json
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _seed import seed_for
+from _tiny_runs import one_two_rank_vllm_group_at_a_time
 import yaml
 
 pytest.importorskip("deepspeed")
@@ -49,7 +51,8 @@ def _launch(args: list[str], ranks: int, timeout: int = 600) -> subprocess.Compl
                    "--master_port", str(_free_port()), str(TRAIN), *args]
     else:
         command = [sys.executable, str(TRAIN), *args]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    with one_two_rank_vllm_group_at_a_time() if ranks > 1 else contextlib.nullcontext():
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"train.py failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-8000:]}"
     return proc
 
