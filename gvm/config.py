@@ -43,6 +43,7 @@ from gvm.engines.base import SamplingConfig
 from gvm.engines.factory import AUTO, ENGINE_NAMES, ENGINE_REGISTRY
 from gvm.engines.mismatch import MismatchConfig
 from gvm.samplers import SAMPLER_NAMES as SAMPLERS
+from gvm.stats import SCREEN_OUT
 from gvm.toy import TinyModelConfig
 from gvm.trainer_config import TrainerConfig
 from gvm.verify import VerifierConfig
@@ -175,6 +176,9 @@ class SamplerConfig:
                                          # faded once, reads 0.38-0.40: skipped once; 1 for a prompt without history)
     screen_max_draws: int = 4            # prompts drawn per iteration, at most, x prompts_per_iteration; when
                                          # they run out the most promising skipped ones fill the batch
+    screen_out: str = AUTO_OBJECTIVE     # the groups the screen skips: "auto" the algorithm's groups without
+                                         # gradient (RAFT "unsolved", GRPO "agreeing"); "solved" or "agreeing":
+                                         # also prompts likely all accepted, where RAFT has nothing left to learn
 
     def __post_init__(self) -> None:
         require(self.kind in SAMPLERS, "sampler.kind", self.kind, f"must be one of {SAMPLERS}")
@@ -212,6 +216,8 @@ class SamplerConfig:
         require(0 <= self.screen_min_useful <= 1, "sampler.screen_min_useful", self.screen_min_useful,
                 "must lie in [0, 1] (0: screen nothing)")
         require(self.screen_max_draws >= 1, "sampler.screen_max_draws", self.screen_max_draws, "must be >= 1")
+        require(self.screen_out in (AUTO_OBJECTIVE, *SCREEN_OUT), "sampler.screen_out", self.screen_out,
+                f"must be one of {(AUTO_OBJECTIVE, *SCREEN_OUT)}")
 
     @property
     def reuses_pilot(self) -> bool:
@@ -228,6 +234,12 @@ class SamplerConfig:
     def allocate_kwargs(self) -> dict:
         """The keyword arguments of `gvm.allocation.allocate` this config sets (the rule's settings)."""
         return {name: getattr(self, name) for name in ALLOCATE_DEFAULTS}
+
+    def screen_out_for(self, algorithm: str) -> str:
+        """screen_out with "auto" resolved for `algorithm`: the groups that carry it no gradient."""
+        if self.screen_out != AUTO_OBJECTIVE:
+            return self.screen_out
+        return "agreeing" if ALGORITHMS[algorithm].needs_both_outcomes else "unsolved"
 
     def objective_for(self, algorithm: str) -> str:
         """The allocation objective with "auto" resolved for `algorithm`."""

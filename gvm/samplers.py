@@ -36,7 +36,7 @@ from gvm.failpoints import failpoint
 from gvm.prompts import Prompt, PromptStream
 from gvm.rollouts import RolloutBatch
 from gvm.stages import allocate_counts, make_samples, pilot_grad_norms, train_on, train_summary
-from gvm.stats import PromptStats, pilot_sizes, posterior_mean, prob_useful, round_budgets
+from gvm.stats import PromptStats, pilot_sizes, posterior_mean, prob_kept, prob_useful, round_budgets
 
 log = logging.getLogger(__name__)
 
@@ -370,13 +370,20 @@ class ScreenedSampler(Sampler):
                          row={"prompts_drawn": drawn, "prompts_skipped": len(skipped)})
 
     def _chances(self, prompts: list[Prompt], iteration: int) -> np.ndarray:
-        """A visit of each prompt (its history fades), then the posterior chance that n samples
-        carry gradient; 1 for a prompt without history (nothing to screen on)."""
-        _, s, f = visit_history(self.ctx.stats, [p.key for p in prompts], iteration, self.cfg.history_decay)
-        zeros = np.zeros(len(prompts))
-        chance = prob_useful(s, f, zeros, zeros, np.full(len(prompts), self.cfg.n_per_prompt), prior=self.cfg.prior,
-                             need_both=self.ctx.algorithm.needs_both_outcomes)
-        return np.where(s + f > 0, chance, 1.0)
+        return screen_chances(self.ctx.stats, [p.key for p in prompts], iteration, decay=self.cfg.history_decay,
+                              prior=self.cfg.prior, n=self.cfg.n_per_prompt,
+                              screen_out=self.cfg.screen_out_for(self.ctx.cfg.algorithm))
+
+
+def screen_chances(stats: PromptStats, keys: list[int], iteration: int, *, decay: float, prior: float, n: int,
+                   screen_out: str) -> np.ndarray:
+    """The screened sampler's rule: a visit of each prompt (its history fades by `decay`), then the
+    posterior chance that its n samples are not what `screen_out` skips (gvm.stats.prob_kept);
+    1 for a prompt without history (nothing to screen on). benchmarks/screen_replay.py replays it
+    over a uniform run's audit log."""
+    _, s, f = visit_history(stats, keys, iteration, decay)
+    chance = prob_kept(s, f, np.full(len(keys), n), prior=prior, screen_out=screen_out)
+    return np.where(s + f > 0, chance, 1.0)
 
 
 SAMPLER_NAMES = tuple(SAMPLERS)

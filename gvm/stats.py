@@ -162,6 +162,25 @@ def prob_useful(successes, failures, held_successes, held_failures, extra, *, pr
     return np.clip(np.where(k > 0, useful, np.where(useful == 1.0, 1.0, 0.0)), 0.0, 1.0)
 
 
+# What a screen predicts and skips: groups likely all rejected (RAFT's groups without gradient),
+# likely all accepted (solved: nothing left to learn there, though RAFT trains on them), or either.
+SCREEN_OUT = ("unsolved", "solved", "agreeing")
+
+
+def prob_kept(successes, failures, n, *, prior: float, screen_out: str) -> np.ndarray:
+    """The posterior chance (p ~ Beta(prior + s, prior + f)) that n new samples are not what
+    `screen_out` skips: "unsolved" 1 - E[(1 - p)^n]; "solved" 1 - E[p^n]; "agreeing" (GRPO's
+    groups without gradient) 1 - E[p^n] - E[(1 - p)^n]."""
+    if screen_out not in SCREEN_OUT:
+        raise ValueError(f"screen_out must be one of {SCREEN_OUT}, got {screen_out!r}")
+    s, f = np.asarray(successes, np.float64), np.asarray(failures, np.float64)
+    zeros = np.zeros_like(s)
+    if screen_out == "solved":
+        a, b = np.maximum(prior + s, 1e-12), np.maximum(prior + f, 1e-12)
+        return np.clip(1.0 - _beta_moment(a, b, np.asarray(n, np.float64)), 0.0, 1.0)
+    return prob_useful(s, f, zeros, zeros, n, prior=prior, need_both=screen_out == "agreeing")
+
+
 def pilot_sizes(effective_counts, pilot_n: int, amortise_after: float | None) -> np.ndarray:
     """Pilot samples per prompt: `pilot_n`, or none for a prompt whose (decayed) history holds at
     least `amortise_after` samples, whose posterior stands in for a pilot (None: always a pilot)."""

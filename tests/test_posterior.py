@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scipy import integrate
 from scipy.stats import beta as beta_dist
 
-from gvm.stats import PromptStats, pilot_sizes, posterior_mean, prob_useful, round_budgets
+from gvm.stats import SCREEN_OUT, PromptStats, pilot_sizes, posterior_mean, prob_kept, prob_useful, round_budgets
 
 counts = st.floats(0.0, 12.0)
 PROPERTY = settings(max_examples=60, deadline=None)
@@ -52,6 +52,22 @@ def test_chance_of_gradient_matches_integration(s, f, hs, hf, extra, prior, need
         want = 0.0   # no new samples: only what is held counts (the formula above would read 1 - 2 = -1)
     got = prob_useful([s], [f], [hs], [hf], [extra], prior=prior, need_both=need_both)[0]
     assert got == pytest.approx(want, abs=1e-7)
+
+
+@PROPERTY
+@given(s=counts, f=counts, n=st.integers(1, 12), prior=st.floats(0.2, 2.0), screen_out=st.sampled_from(SCREEN_OUT))
+def test_screen_chance_matches_integration(s, f, n, prior, screen_out):
+    """The screened sampler's chance that n samples are not what it skips: not all rejected
+    (unsolved), not all accepted (solved), or neither (agreeing)."""
+    skipped = {"unsolved": lambda p: (1 - p) ** n, "solved": lambda p: p**n,
+               "agreeing": lambda p: p**n + (1 - p) ** n}[screen_out]
+    want = 1.0 - expect(prior + s, prior + f, skipped)
+    assert prob_kept([s], [f], [n], prior=prior, screen_out=screen_out)[0] == pytest.approx(want, abs=1e-7)
+
+
+def test_screen_chance_refuses_an_unknown_rule():
+    with pytest.raises(ValueError, match="screen_out must be one of"):
+        prob_kept([1], [1], [4], prior=0.5, screen_out="raft")
 
 
 def test_more_samples_more_chance_and_certainty_where_both_outcomes_are_held():

@@ -1,0 +1,119 @@
+"""What screening by history could buy on a task, read off a uniform run's audit log, with no training.
+
+    python benchmarks/screen_replay.py runs/<uniform run>/allocations.jsonl [more logs ...]
+
+A uniform run generates for every prompt it visits, so its log (`allocations.jsonl`: the keys,
+samples and accepted counts of every visit) says which visits carried gradient (RAFT / RAFT++: an
+accepted sample; GRPO: both outcomes in the group). This replays the screened sampler's rule
+(`gvm.samplers.screen_chances`, the same code) over those visits for a grid of `screen_out` x
+`history_decay` x `screen_min_useful`: a visit the rule would skip is not generated, so its outcome
+joins no history, as in the sampler. Per rule it reports the visits kept, the useful fraction
+among them against all visits' (their ratio is the most a screen can raise the useful-sample
+fraction here), the share of kept visits with both outcomes (for RAFT, the prompts neither
+unsolved nor solved) and the recall (the useful visits kept: gradient the screen throws away). It
+cannot say what the skipped samples would have taught; bench_convergence.py measures that. First
+visits have no history and are always kept, so a run with few epochs bounds the gain from above
+by its share of revisits.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from gvm.algorithms import get_algorithm  # noqa: E402
+from gvm.config import SamplerConfig  # noqa: E402
+from gvm.samplers import screen_chances  # noqa: E402
+from gvm.stats import SCREEN_OUT, PromptStats  # noqa: E402
+
+DECAYS = (0.5, 0.7, 0.9, 1.0)
+THRESHOLDS = (0.3, 0.45, 0.6)
+
+
+def read_visits(log: Path) -> list[tuple[int, list[int], list[int], list[int]]]:
+    """(iteration, keys, samples, accepted) per iteration of a uniform run's audit log."""
+    visits = []
+    for number, line in enumerate(log.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row.get("sampler") != "uniform" or "accepted" not in row:
+            raise SystemExit(f"{log}:{number}: not a uniform run's audit row (sampler {row.get('sampler')!r}); "
+                             f"replay needs every visit generated: a run with sampler.kind=uniform")
+        visits.append((row["iteration"], row["keys"], row["n"], row["accepted"]))
+    return visits
+
+
+def replay(visits, *, decay: float, threshold: float, prior: float, screen_out: str, need_both: bool) -> dict:
+    """The rule's verdict on every visit, and what the kept ones carried (useful: gradient for RAFT
+    when need_both is false, both outcomes when it is true)."""
+    stats = PromptStats()
+    kept = useful = kept_useful = kept_mixed = total = first = 0
+    for iteration, keys, samples, accepted in visits:
+        n = int(np.median(samples))
+        seen_before = np.array([stats.record(k).successes + stats.record(k).failures > 0 for k in keys])
+        chance = screen_chances(stats, keys, iteration, decay=decay, prior=prior, n=n, screen_out=screen_out)
+        mixed = np.array([0 < a < m for a, m in zip(accepted, samples)])
+        carried = mixed if need_both else np.array([a > 0 for a in accepted])
+        keep = chance >= threshold
+        kept_keys = [k for k, on in zip(keys, keep) if on]
+        stats.count_outcomes(kept_keys, [a for a, on in zip(accepted, keep) if on],
+                             [m - a for m, a, on in zip(samples, accepted, keep) if on])
+        total += len(keys)
+        first += int((~seen_before).sum())
+        kept += int(keep.sum())
+        useful += int(carried.sum())
+        kept_useful += int((carried & keep).sum())
+        kept_mixed += int((mixed & keep).sum())
+    return {"visits": total, "first_visits": first, "kept": kept, "useful": useful, "kept_useful": kept_useful,
+            "kept_mixed": kept_mixed}
+
+
+def report(log: Path, visits, algorithm: str, prior: float) -> list[str]:
+    need_both = get_algorithm(algorithm).needs_both_outcomes
+    lines = [f"### {log} ({algorithm}, prior {prior})", "",
+             "| screen_out | history_decay | screen_min_useful | visits kept | useful among kept | useful among all "
+             "| gain | both outcomes among kept | recall |", "|---|---|---|---|---|---|---|---|---|"]
+    for screen_out in (("agreeing",) if need_both else SCREEN_OUT):
+        for decay in DECAYS:
+            for threshold in THRESHOLDS:
+                r = replay(visits, decay=decay, threshold=threshold, prior=prior, screen_out=screen_out,
+                           need_both=need_both)
+                kept = max(r["kept"], 1)
+                among_kept, among_all = r["kept_useful"] / kept, r["useful"] / max(r["visits"], 1)
+                lines.append(f"| {screen_out} | {decay} | {threshold} | {r['kept'] / r['visits']:.2f} | "
+                             f"{among_kept:.2f} | {among_all:.2f} | {among_kept / max(among_all, 1e-12):.2f}x | "
+                             f"{r['kept_mixed'] / kept:.2f} | {r['kept_useful'] / max(r['useful'], 1):.2f} |")
+    r = replay(visits, decay=1.0, threshold=0.0, prior=prior, screen_out="agreeing", need_both=need_both)
+    lines += ["", f"{r['visits']} visits of {len({k for _, keys, _, _ in visits for k in keys})} prompts, "
+                  f"{r['first_visits']} of them first visits (no history: always kept); "
+                  f"{r['kept_mixed'] / max(r['visits'], 1):.2f} of all visits had both outcomes", ""]
+    return lines
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("logs", nargs="+", type=Path, help="allocations.jsonl of uniform runs")
+    p.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    args = p.parse_args(argv)
+    lines = []
+    for log in args.logs:
+        config_path = log.parent / "config.yaml"
+        if not config_path.is_file():
+            raise SystemExit(f"{config_path}: not found; the replay reads the run's algorithm and prior there")
+        config = yaml.safe_load(config_path.read_text())
+        prior = config.get("sampler", {}).get("prior", SamplerConfig.prior)
+        lines += report(log, read_visits(log), config["algorithm"], prior)
+    print("\n".join(lines))
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
