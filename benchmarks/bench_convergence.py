@@ -26,6 +26,8 @@ method generates per iteration and where they go:
                estimates uniform's gradient whatever the allocation)
     <method>-rp  any of them with sampler.replay=1: the previous iteration's gradient-carrying samples
                join each training batch (gvm.replay; trained on again, generated and counted once)
+    <method>~<name>  any of them with the overrides of `--variant <name>=key=value;key=value`
+               (e.g. --variant hold=sampler.history_decay=0.9 --methods screened-quarter~hold)
 
 A method that generates fewer samples per iteration than uniform runs more iterations (at least
 uniform's samples in all), so that "samples to reach uniform's final accuracy" exists for it.
@@ -65,6 +67,7 @@ AT_KINDS = ("uniform", "screened")     # kind@K: that sampler at K per prompt; k
 AT_PATTERN = re.compile(r"(?P<kind>[a-z]+)@(?P<n>\d+)(?:x(?P<prompts>\d+))?")
 METHODS = BASE_METHODS + ("gvm" + REWEIGHTED, "ours" + REWEIGHTED)
 REPLAYED = "-rp"                       # <method>-rp: that method with sampler.replay=1
+VARIANT = "~"                          # <method>~<name>: that method with the overrides of --variant <name>
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,17 +97,29 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(e.g. uniform-quarter:screened-quarter: the method against a tuned uniform)")
     p.add_argument("--extra", nargs="*", default=["trainer.optimizer_steps_per_call=2"],
                    help="more key=value overrides for every run (replaces the default: two optimizer steps per call)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[;KEY=VALUE]",
+                   help="overrides that a method named <method>~NAME adds to <method>'s (repeatable)")
     args = p.parse_args(argv)
+    args.variants = {}
+    for spec in args.variant:
+        name, _, overrides = spec.partition("=")
+        if not name or VARIANT in name or "=" not in overrides:
+            p.error(f"--variant {spec!r}: must be NAME=key=value[;key=value] (NAME without {VARIANT!r})")
+        args.variants[name] = overrides.split(";")
+    for method in args.methods.split(","):
+        base, _, variant = method.partition(VARIANT)
+        if variant and variant not in args.variants:
+            p.error(f"--methods {method!r}: no --variant {variant!r} (defined: {sorted(args.variants) or 'none'})")
     for name, allowed in (("methods", METHODS), ("algorithms", ALGORITHMS)):
         names = getattr(args, name).split(",")
         if name == "methods":
-            names = [x.removesuffix(REPLAYED) for x in names if not at_n(x.removesuffix(REPLAYED))]
+            names = [sampler_of(x) for x in names if not at_n(sampler_of(x))]
         unknown = set(names) - set(allowed)
         if unknown:
             p.error(f"unknown {name} {sorted(unknown)}; choose from {list(allowed)}"
                     + (f" or kind@K / kind@KxP (K per prompt, P prompts per iteration), kind in {AT_KINDS}, "
                        f"K >= 1, P >= 1; any of them + {REPLAYED!r} for replay" if name == "methods" else ""))
-    singles = [m for m in args.methods.split(",") if at_n(m.removesuffix(REPLAYED)) == 1]
+    singles = [m for m in args.methods.split(",") if at_n(sampler_of(m)) == 1]
     if singles and any(ALGORITHMS[a].needs_both_outcomes for a in args.algorithms.split(",")):
         p.error(f"--methods {singles}: one sample per prompt gives GRPO's groups no reward variance (advantage 0); "
                 f"use K >= 2 with --algorithms grpo")
@@ -118,11 +133,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def sampler_of(method: str) -> str:
+    """The method without its variant and replay suffixes: the sampler setting it starts from."""
+    return method.partition(VARIANT)[0].removesuffix(REPLAYED)
+
+
 def method_overrides(args, method: str) -> list[str]:
     """The sampler settings of a method (the rest is common to all)."""
+    method, _, variant = method.partition(VARIANT)
     base = method.removesuffix(REPLAYED)
     return (reweighted(base, lambda name: _base_overrides(args, name))
-            + (["sampler.replay=1"] if method.endswith(REPLAYED) else []))
+            + (["sampler.replay=1"] if method.endswith(REPLAYED) else []) + args.variants.get(variant, []))
 
 
 def _base_overrides(args, method: str) -> list[str]:
@@ -207,7 +228,7 @@ def run(args, name: str, overrides: list[str], iterations: int) -> Path:
 def iterations_of(args, method: str) -> int:
     """Iterations a method runs: at least the samples uniform generates in --iterations (a method that
     spends less per iteration runs longer, so that it can reach uniform's final accuracy at all)."""
-    base = method.removesuffix(REPLAYED).removesuffix(REWEIGHTED)
+    base = sampler_of(method).removesuffix(REWEIGHTED)
     fixed = fixed_n(args, base)
     per_iteration = ((fixed * prompts_of(args, base)) / (args.per_prompt * args.prompts) if fixed is not None
                      else {"ours": args.ours_budget}.get(base, 1.0))

@@ -119,7 +119,14 @@ def test_method_names_parse_to_their_settings_and_bad_ones_are_refused():
     assert "sampler.replay=1" not in method_overrides(args, "uniform")
     assert iterations_of(args, "screened@2x32") == 160          # a quarter of the prompts at 2 of 8: 8x the iterations
     assert iterations_of(parse_args(["--methods", "uniform,uniform@1x128", "--algorithms", "raft++"]), "uniform@1x128") == 80
+    variant = parse_args(["--methods", "uniform,screened-quarter-rp~hold", "--variant",
+                          "hold=sampler.history_decay=0.9;sampler.screen_out=agreeing"])
+    assert method_overrides(variant, "screened-quarter-rp~hold") == [
+        *method_overrides(variant, "screened-quarter-rp"), "sampler.history_decay=0.9", "sampler.screen_out=agreeing"]
+    assert iterations_of(variant, "screened-quarter-rp~hold") == iterations_of(variant, "screened-quarter")
     for bad in (["--methods", "thompson-rp"], ["--methods", "uniform-rp-rp"], ["--methods", "uniform@0"],
+                ["--methods", "uniform,screened~nope"], ["--methods", "uniform", "--variant", "hold"],
+                ["--methods", "uniform,thompson~hold", "--variant", "hold=sampler.prior=1"],
                 ["--methods", "uniform,uniform@1x128", "--algorithms", "raft++,grpo"],    # a GRPO group needs two
                 ["--methods", "uniform@1x64,screened@1x128"],                    # the reference (uniform) is not run
                 ["--methods", "uniform", "--reference", "uniform@1x64"]):
