@@ -11,7 +11,7 @@ from _tiny_runs import QUIET, TASK, TRAIN, run_script
 
 from gvm.allocation import allocate
 from gvm.config import load_config
-from gvm.stats import prob_useful
+from gvm.stats import prob_kept
 
 pytest.importorskip("deepspeed")
 
@@ -96,11 +96,14 @@ def test_adaptive_amortises_its_pilot_and_never_overspends(tmp_path, warm_model,
     assert sum(r["pilot_samples"] for r in rows[2:]) <= sum(r["pilot_samples"] for r in rows[:2])
 
 
-@pytest.mark.parametrize("algorithm", ["raft++", "grpo"])
-def test_screened_skips_exactly_the_prompts_its_posterior_rule_screens_out(tmp_path, warm_model, seed, algorithm):
-    rows, audits, run_dir = _run(tmp_path, warm_model, seed, "sampler.kind=screened", f"algorithm={algorithm}")
+@pytest.mark.parametrize("algorithm,screen_out", [("raft++", "auto"), ("grpo", "auto"), ("raft++", "agreeing")])
+def test_screened_skips_exactly_the_prompts_its_posterior_rule_screens_out(tmp_path, warm_model, seed, algorithm,
+                                                                           screen_out):
+    rows, audits, run_dir = _run(tmp_path, warm_model, seed, "sampler.kind=screened", f"algorithm={algorithm}",
+                                 f"sampler.screen_out={screen_out}")
     sampler = load_config(run_dir / "config.yaml").sampler
-    need_both = algorithm == "grpo"
+    # auto: the algorithm's groups without gradient (RAFT: unsolved; GRPO: agreeing)
+    rule = {"auto": "agreeing" if algorithm == "grpo" else "unsolved"}.get(screen_out, screen_out)
     history: dict[int, list[float]] = {}           # key -> [successes, failures], replayed from the audits
     for row, audit in zip(rows, audits):
         assert row["samples"] == N * len(audit["keys"])                        # n per sampled prompt, all counted
@@ -112,7 +115,7 @@ def test_screened_skips_exactly_the_prompts_its_posterior_rule_screens_out(tmp_p
         chance = {}
         for key in audit["keys"] + audit["skipped"]:
             s, f = history[key]
-            p = prob_useful([s], [f], [0], [0], [N], prior=sampler.prior, need_both=need_both)[0]
+            p = prob_kept([s], [f], [N], prior=sampler.prior, screen_out=rule)[0]
             chance[key] = 1.0 if s + f == 0 else p
         passing = {k for k, c in chance.items() if c >= sampler.screen_min_useful}
         assert passing <= set(audit["keys"]) and not passing & set(audit["skipped"])  # every passing one sampled
