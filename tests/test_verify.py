@@ -234,7 +234,7 @@ def test_pool_and_in_process_agree(eval_dir, pool):
 
 
 def _pathological_inputs() -> list[str]:
-    junk = os.urandom(20_000).decode("utf-8", errors="replace")
+    junk = random.randbytes(20_000).decode("utf-8", errors="replace")  # seeded per test (conftest)
     return [
         r"so the answer is \boxed{\frac{1}{2}",  # unbalanced
         r"\boxed{}",  # empty box

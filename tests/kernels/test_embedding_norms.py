@@ -9,13 +9,11 @@ a shared pytest process cannot promise. So the tests whose names contain "triton
 `test_kernel_tests_pass_in_interpreter_subprocess` reruns them in a fresh interpreter-mode
 process; each asserts that the interpreter really ran the kernel.
 """
-import os
-import re
-import subprocess
-import sys
 
 import pytest
 import torch
+
+from _interpreter_subprocess import run_interpreted
 
 from gvm_kernels import embedding_norms
 from gvm_kernels.embedding_norms import (
@@ -48,10 +46,8 @@ def autograd_oracle(input_ids: torch.Tensor, grad_embeds: torch.Tensor, cu_seqle
 
 
 @pytest.fixture
-def gen() -> torch.Generator:
-    """Fresh seed every run; printed so a failure can be replayed."""
-    seed = int.from_bytes(os.urandom(4), "little")
-    print(f"seed={seed}")
+def gen(seed: int) -> torch.Generator:
+    """Fresh inputs every session, from the test's seed (printed; GVM_TEST_SEED replays it)."""
     return torch.Generator().manual_seed(seed)
 
 
@@ -193,15 +189,8 @@ def test_interpret_flag_set_after_triton_import_is_refused_not_crashed(gen, monk
 @pytest.mark.skipif(INTERPRETER, reason="this is the interpreter-mode process")
 def test_kernel_tests_pass_in_interpreter_subprocess():
     """Rerun this file's Triton tests in a process that imports triton in interpreter mode."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-         "-k", "triton and not interpret_flag_set_after and not compiled_triton_on_cuda"],
-        env=env, capture_output=True, text=True, timeout=600)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-6000:]
-    summary = output.strip().splitlines()[-1]
-    passed = int(re.search(r"(\d+) passed", summary).group(1))
+    passed, summary = run_interpreted(
+        __file__, "triton and not interpret_flag_set_after and not compiled_triton_on_cuda", timeout=600)
     assert passed >= 12 and "skipped" not in summary, summary      # 12 when written
 
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
-import subprocess
-import sys
 import warnings
 from dataclasses import dataclass
 
@@ -19,6 +16,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from _interpreter_subprocess import run_interpreted
 
 from gvm_kernels.fused_logprobs import FusedLogprobsConfig, fused_logprobs, fused_logprobs_impl, resolve_backend
 from gvm_kernels.reference import logprobs_reference, per_sequence_sq_grad_norms_reference
@@ -331,14 +330,7 @@ def interpreted_triton():
 @pytest.mark.skipif(INTERPRETER, reason="this is the interpreter-mode process")
 def test_kernels_pass_in_interpreter_subprocess():
     """Rerun this file's `triton_path` tests in a process that imports triton in interpreter mode."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "triton_path_"],
-        env=env, capture_output=True, text=True, timeout=900)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-6000:]
-    summary = output.strip().splitlines()[-1]
-    passed = int(re.search(r"(\d+) passed", summary).group(1))
+    passed, summary = run_interpreted(__file__, "triton_path_", timeout=900)
     assert passed >= 8 and "skipped" not in summary, summary  # 8 when written
 
 

@@ -5,7 +5,6 @@ aggregation weights per sequence; the library's value *and* its autograd gradien
 Inputs are float64 so the comparison is tight, and fresh random each run (seed printed).
 """
 import math
-import os
 import random
 
 import pytest
@@ -80,9 +79,8 @@ def reference_loss(batch, *, agg, **opts):
 # ---------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def rng() -> random.Random:
-    seed = int.from_bytes(os.urandom(4), "little")
-    print(f"seed={seed}")
+def rng(seed: int) -> random.Random:
+    """Fresh batches every session, from the test's seed (printed; GVM_TEST_SEED replays it)."""
     return random.Random(seed)
 
 
