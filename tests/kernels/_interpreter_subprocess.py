@@ -21,7 +21,6 @@ def run_interpreted(test_file: str, select: str, *, timeout: int) -> tuple[int, 
         env=env, capture_output=True, text=True, timeout=timeout)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
-    found = SUMMARY.findall(proc.stdout)
-    assert found, f"no 'N passed' summary in the interpreter-mode run's output:\n{output[-6000:]}"
-    summary = next(line for line in reversed(proc.stdout.splitlines()) if SUMMARY.match(line))
-    return int(found[-1]), summary.strip()
+    summaries = list(SUMMARY.finditer(proc.stdout))
+    assert summaries, f"no 'N passed' summary in the interpreter-mode run's output:\n{output[-6000:]}"
+    return int(summaries[-1].group(1)), summaries[-1].group(0).strip()
