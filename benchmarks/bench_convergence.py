@@ -36,7 +36,10 @@ Reported per algorithm: the target is each seed's uniform run's final accuracy (
 last two evaluations; `--reference` names another method to take uniform's place); per run, the
 generated samples (and seconds) at which a monotone fit of its held-out curve reaches that target (benchmarks/curves.py); the paired ratio uniform / method per
 seed, its median and a bootstrap 95 % interval over seeds; final accuracies; the mean fraction of
-generated samples that carried gradient and the mean R_pred. uniform2x against uniform at equal
+generated samples that carried gradient and the mean R_pred. The same paired ratio counted in
+gradient-carrying samples ("useful samples") splits a method's gain in two: near 1, the method
+won only by raising its useful fraction (a useful sample taught as much as uniform's); above or
+below 1, each useful sample taught more or less. uniform2x against uniform at equal
 iterations says whether variance limits progress here at all. Results: a table on stdout,
 benchmarks/results/bench_convergence<tag>.{md,json,png}, and rows of results.csv.
 """
@@ -53,7 +56,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from curves import bootstrap_median, cost_to_reach, final_accuracy, mean_and_se, paired_ratios  # noqa: E402
+from curves import bootstrap_median, cost_to_reach, cumulative_useful, final_accuracy, mean_and_se, paired_ratios  # noqa: E402
 from harness import REWEIGHTED, RESULTS_DIR, append_results, machine_name, reweighted  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,9 +242,11 @@ def rows_of(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def curve(rows: list[dict]) -> list[tuple[int, float, float, int]]:
-    """(samples generated, RL seconds, held-out accuracy, iteration) at every evaluation."""
-    return [(r["samples_generated"], r["seconds"], r["eval"]["accuracy"], r["iteration"]) for r in rows if r.get("eval")]
+def curve(rows: list[dict]) -> list[tuple[int, float, float, int, float]]:
+    """(samples generated, RL seconds, held-out accuracy, iteration, gradient-carrying samples
+    generated) at every evaluation."""
+    return [(r["samples_generated"], r["seconds"], r["eval"]["accuracy"], r["iteration"], useful)
+            for r, useful in zip(rows, cumulative_useful(rows)) if r.get("eval")]
 
 
 def summarise(args, curves: dict, rows: dict) -> dict:
@@ -256,14 +261,17 @@ def summarise(args, curves: dict, rows: dict) -> dict:
             for seed, c in by_seed.items():
                 samples = cost_to_reach([x[0] for x in c], [x[2] for x in c], targets.get(seed, math.inf))
                 seconds = cost_to_reach([x[1] for x in c], [x[2] for x in c], targets.get(seed, math.inf))
-                reach[method][seed] = {"samples": samples, "seconds": seconds, "total_samples": c[-1][0],
-                                       "total_seconds": c[-1][1]}
+                useful = cost_to_reach([x[4] for x in c], [x[2] for x in c], targets.get(seed, math.inf))
+                reach[method][seed] = {"samples": samples, "seconds": seconds, "useful": useful,
+                                       "total_samples": c[-1][0], "total_seconds": c[-1][1], "total_useful": c[-1][4]}
         result = {}
         for method, by_seed in by_method.items():
             ratio_samples = paired_ratios({s: r["samples"] for s, r in reach[args.reference].items()},
                                           {s: (r["samples"], r["total_samples"]) for s, r in reach[method].items()})
             ratio_seconds = paired_ratios({s: r["seconds"] for s, r in reach[args.reference].items()},
                                           {s: (r["seconds"], r["total_seconds"]) for s, r in reach[method].items()})
+            ratio_useful = paired_ratios({s: r["useful"] for s, r in reach[args.reference].items()},
+                                         {s: (r["useful"], r["total_useful"]) for s, r in reach[method].items()})
             finals = [final_accuracy([x[2] for x in c]) for c in by_seed.values()]
             method_rows = [r for seed in by_seed for r in rows[algorithm][method][seed] if r["iteration"] > 0]
             useful = [r["useful_fraction"] for r in method_rows if r.get("useful_fraction") is not None]
@@ -271,6 +279,7 @@ def summarise(args, curves: dict, rows: dict) -> dict:
             result[method] = {
                 "ratio_samples": bootstrap_median(list(ratio_samples.values())), "per_seed_samples": ratio_samples,
                 "ratio_seconds": bootstrap_median(list(ratio_seconds.values())), "per_seed_seconds": ratio_seconds,
+                "ratio_useful": bootstrap_median(list(ratio_useful.values())), "per_seed_useful": ratio_useful,
                 "reached": sum(r["samples"] is not None for r in reach[method].values()), "runs": len(by_seed),
                 "final": mean_and_se(finals), "finals": finals,
                 "samples_per_iteration": statistics.mean(r["samples"] for r in method_rows),
@@ -312,8 +321,8 @@ def per_step_gain(by_method: dict) -> dict | None:
         return None
     gains = []
     for seed, c in by_method["uniform"].items():
-        other = {it: a for _, _, a, it in by_method["uniform2x"].get(seed, [])}
-        diffs = [other[it] - a for _, _, a, it in c if it > 0 and it in other]
+        other = {x[3]: x[2] for x in by_method["uniform2x"].get(seed, [])}
+        diffs = [other[x[3]] - x[2] for x in c if x[3] > 0 and x[3] in other]
         if diffs:
             gains.append(statistics.mean(diffs))
     return {"per_seed": gains, "mean_se": mean_and_se(gains)}
@@ -324,13 +333,15 @@ def report(args, summary: dict) -> list[str]:
     for algorithm, s in summary.items():
         lines += [f"### {algorithm}", "",
                   f"| method | samples / it | samples to target: ratio to {args.reference} (median, 95% CI) | seconds: ratio | "
-                  "reached | final acc (mean +- se) | useful fraction | R_pred |", "|---|---|---|---|---|---|---|---|"]
+                  "useful samples: ratio | reached | final acc (mean +- se) | useful fraction | R_pred |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for method, r in s["methods"].items():
             med, lo, hi = r["ratio_samples"]
             smed, slo, shi = r["ratio_seconds"]
+            umed, ulo, uhi = r["ratio_useful"]
             fin, se = r["final"]
             lines.append(f"| {method} | {r['samples_per_iteration']:.0f} | {med:.2f}x ({lo:.2f}-{hi:.2f}) | "
-                         f"{smed:.2f}x ({slo:.2f}-{shi:.2f}) | {r['reached']}/{r['runs']} | {fin:.3f} +- {se:.3f} | "
+                         f"{smed:.2f}x ({slo:.2f}-{shi:.2f}) | {umed:.2f}x ({ulo:.2f}-{uhi:.2f}) | {r['reached']}/{r['runs']} | {fin:.3f} +- {se:.3f} | "
                          f"{r['useful_fraction']:.2f} | {r['R_pred']:.2f} |")
         for name, v in s["versus"].items():
             med, lo, hi = v["ratio"]

@@ -44,6 +44,21 @@ def cost_to_reach(costs: Sequence[float], accuracies: Sequence[float], target: f
     return None
 
 
+def cumulative_useful(rows: Sequence[dict]) -> list[float]:
+    """Per metrics row (iteration 0 first), the gradient-carrying samples generated so far: each
+    iteration's useful fraction times the samples it generated. A method's samples to a target
+    factor into (its useful samples to the target) / (its useful fraction): this curve gives the
+    first factor, what one gradient-carrying sample is worth to the run."""
+    out, total, before = [], 0.0, 0
+    for row in rows:
+        generated = row["samples_generated"] - before
+        if row["iteration"] > 0 and row.get("useful_fraction") is not None:
+            total += row["useful_fraction"] * generated
+        before = row["samples_generated"]
+        out.append(total)
+    return out
+
+
 def final_accuracy(accuracies: Sequence[float]) -> float:
     """A run's final accuracy: the mean of its last two evaluations (one evaluation is too noisy to
     be a target)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from curves import bootstrap_median, cost_to_reach, isotonic, paired_ratios  # noqa: E402
+from curves import bootstrap_median, cost_to_reach, cumulative_useful, isotonic, paired_ratios  # noqa: E402
 
 
 def test_isotonic_is_the_closest_non_decreasing_fit(seed):
@@ -47,6 +47,20 @@ def test_a_method_that_meets_the_target_at_its_start_leaves_its_seed_out():
     method = cost_to_reach([0.0, 100.0, 200.0], [0.227, 0.224, 0.222], target)
     assert method == 0.0
     assert paired_ratios({0: 150.0, 1: 400.0}, {0: (method, 200.0), 1: (200.0, 400.0)}) == {1: 2.0}
+
+
+def test_useful_samples_add_each_iterations_fraction_of_what_it_generated(seed):
+    rng = random.Random(seed)
+    rows, generated, expected = [{"iteration": 0, "samples_generated": 0}], 0, [0.0]
+    for iteration in range(1, rng.randint(2, 12)):
+        step = rng.randint(1, 600)
+        fraction = rng.choice([None, rng.random()])      # None: a row that logged no fraction adds none
+        generated += step
+        rows.append({"iteration": iteration, "samples_generated": generated, "useful_fraction": fraction})
+        expected.append(expected[-1] + (fraction or 0.0) * step)
+    assert cumulative_useful(rows) == pytest.approx(expected)
+    resumed = [{**rows[0], "samples_generated": 1000, "useful_fraction": 0.9}]   # the start adds nothing
+    assert cumulative_useful(resumed) == [0.0]
 
 
 def test_bootstrap_interval_holds_the_median(seed):
