@@ -356,26 +356,32 @@ def report(args, summary: dict) -> list[str]:
 
 
 def plot(summary_curves: dict, path: Path) -> None:
-    """Held-out accuracy against generated samples: the median over seeds per method, min-max band."""
+    """Held-out accuracy against generated samples (top) and against gradient-carrying samples
+    (bottom: where methods' curves meet, a useful sample taught the same whatever the sampler): the
+    median over seeds per method, min-max band."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6 * len(summary_curves), 4))
-    axes = fig.subplots(1, len(summary_curves), squeeze=False)[0]
-    for ax, (algorithm, by_method) in zip(axes, summary_curves.items()):
-        for method, by_seed in by_method.items():
-            # Runs resumed to more iterations can have denser evaluations early on: plot the sample
-            # counts every seed was evaluated at.
-            at = [{x[0]: x[2] for x in c} for c in by_seed.values()]
-            samples = sorted(set.intersection(*(set(a) for a in at)))
-            accs = [[a[x] for a in at] for x in samples]
-            line = ax.plot(samples, [statistics.median(a) for a in accs], marker="o", markersize=3, label=method)[0]
-            ax.fill_between(samples, [min(a) for a in accs], [max(a) for a in accs], alpha=0.15,
-                            color=line.get_color())
-        ax.set_title(algorithm)
-        ax.set_xlabel("generated samples (pilot and dropped groups included)")
-        ax.set_ylabel("held-out accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    fig = Figure(figsize=(6 * len(summary_curves), 8))
+    axes = fig.subplots(2, len(summary_curves), squeeze=False)
+    for column, (algorithm, by_method) in enumerate(summary_curves.items()):
+        for row, (cost, label) in enumerate(((0, "generated samples (pilot and dropped groups included)"),
+                                             (4, "gradient-carrying samples generated"))):
+            ax = axes[row][column]
+            for method, by_seed in by_method.items():
+                # Runs resumed to more iterations can have denser evaluations early on: plot the
+                # evaluations every seed has (by iteration), at the seeds' median cost.
+                at = [{x[3]: x for x in c} for c in by_seed.values()]
+                iterations = sorted(set.intersection(*(set(a) for a in at)))
+                costs = [statistics.median(a[it][cost] for a in at) for it in iterations]
+                accs = [[a[it][2] for a in at] for it in iterations]
+                line = ax.plot(costs, [statistics.median(a) for a in accs], marker="o", markersize=3, label=method)[0]
+                ax.fill_between(costs, [min(a) for a in accs], [max(a) for a in accs], alpha=0.15,
+                                color=line.get_color())
+            ax.set_title(algorithm)
+            ax.set_xlabel(label)
+            ax.set_ylabel("held-out accuracy")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
