@@ -146,3 +146,13 @@ def test_method_names_parse_to_their_settings_and_bad_ones_are_refused():
                 ["--methods", "uniform", "--reference", "uniform@1x64"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
+
+
+def test_the_plot_draws_every_method_against_both_costs(seed, tmp_path):
+    from bench_convergence import plot
+    rng = random.Random(seed)
+    curves = {"grpo": {method: {s: [(256 * it * (s + 1), 10.0 * it, rng.random(), it, 100.0 * it) for it in range(0, 9, 2)]
+                                for s in range(rng.randint(1, 3))} for method in ("uniform", "screened")}}
+    curves["grpo"]["screened"][0].insert(1, (128, 5.0, 0.5, 1, 50.0))   # a denser run: only shared iterations drawn
+    plot(curves, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 1000
