@@ -13,7 +13,9 @@ fraction here), the share of kept visits with both outcomes (for RAFT, the promp
 unsolved nor solved) and the recall (the useful visits kept: gradient the screen throws away). It
 cannot say what the skipped samples would have taught; bench_convergence.py measures that. First
 visits have no history and are always kept, so a run with few epochs bounds the gain from above
-by its share of revisits.
+by its share of revisits. A last row, "hindsight", keeps every first visit and every revisit of
+the prompts that carried gradient at some visit of the run: the same gain for a screen that knew
+after one visit which prompts are dead.
 """
 from __future__ import annotations
 
@@ -75,6 +77,46 @@ def replay(visits, *, decay: float, threshold: float, prior: float, screen_out: 
             "kept_mixed": kept_mixed}
 
 
+def hindsight(visits, *, need_both: bool) -> dict:
+    """A screen that knows the whole run: every first visit kept (it must be generated to be known),
+    every later visit kept when the prompt carried gradient on any visit of the run (GRPO: both
+    outcomes in its samples pooled over the run; RAFT: an accepted one), skipped otherwise. It skips
+    exactly the prompts with nothing to give in this run and loses no useful visit: what a screen
+    that told the dead prompts from the live ones after one visit could buy, against the history
+    rule's rows (a rule that also skipped the unlucky visits of live prompts could buy more)."""
+    accepted_total: dict[int, int] = {}
+    samples_total: dict[int, int] = {}
+    for _, keys, samples, accepted in visits:
+        for k, m, a in zip(keys, samples, accepted):
+            accepted_total[k] = accepted_total.get(k, 0) + a
+            samples_total[k] = samples_total.get(k, 0) + m
+    live = {k for k in samples_total
+            if accepted_total[k] > 0 and (not need_both or accepted_total[k] < samples_total[k])}
+    seen: set[int] = set()
+    kept = useful = kept_useful = kept_mixed = total = first = 0
+    for _, keys, samples, accepted in visits:
+        for k, m, a in zip(keys, samples, accepted):
+            carried = 0 < a < m if need_both else a > 0
+            keep = k not in seen or k in live
+            first += k not in seen
+            seen.add(k)
+            total += 1
+            kept += keep
+            useful += carried
+            kept_useful += carried and keep
+            kept_mixed += (0 < a < m) and keep
+    return {"visits": total, "first_visits": first, "kept": kept, "useful": useful, "kept_useful": kept_useful,
+            "kept_mixed": kept_mixed}
+
+
+def table_row(screen_out: str, decay, threshold, r: dict) -> str:
+    kept = max(r["kept"], 1)
+    among_kept, among_all = r["kept_useful"] / kept, r["useful"] / max(r["visits"], 1)
+    return (f"| {screen_out} | {decay} | {threshold} | {r['kept'] / r['visits']:.2f} | {among_kept:.2f} | "
+            f"{among_all:.2f} | {among_kept / max(among_all, 1e-12):.2f}x | {r['kept_mixed'] / kept:.2f} | "
+            f"{r['kept_useful'] / max(r['useful'], 1):.2f} |")
+
+
 def report(log: Path, visits, algorithm: str, prior: float) -> list[str]:
     need_both = get_algorithm(algorithm).needs_both_outcomes
     lines = [f"### {log} ({algorithm}, prior {prior})", "",
@@ -85,11 +127,8 @@ def report(log: Path, visits, algorithm: str, prior: float) -> list[str]:
             for threshold in THRESHOLDS:
                 r = replay(visits, decay=decay, threshold=threshold, prior=prior, screen_out=screen_out,
                            need_both=need_both)
-                kept = max(r["kept"], 1)
-                among_kept, among_all = r["kept_useful"] / kept, r["useful"] / max(r["visits"], 1)
-                lines.append(f"| {screen_out} | {decay} | {threshold} | {r['kept'] / r['visits']:.2f} | "
-                             f"{among_kept:.2f} | {among_all:.2f} | {among_kept / max(among_all, 1e-12):.2f}x | "
-                             f"{r['kept_mixed'] / kept:.2f} | {r['kept_useful'] / max(r['useful'], 1):.2f} |")
+                lines.append(table_row(screen_out, decay, threshold, r))
+    lines.append(table_row("hindsight (the whole run known)", "-", "-", hindsight(visits, need_both=need_both)))
     r = replay(visits, decay=1.0, threshold=0.0, prior=prior, screen_out="agreeing", need_both=need_both)
     lines += ["", f"{r['visits']} visits of {len({k for _, keys, _, _ in visits for k in keys})} prompts, "
                   f"{r['first_visits']} of them first visits (no history: always kept); "

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from screen_replay import main, read_visits, replay  # noqa: E402
+from screen_replay import hindsight, main, read_visits, replay  # noqa: E402
 
 
 def _log(tmp_path: Path, rows: list[tuple[list[int], list[int]]], algorithm: str, n: int = 4) -> Path:
@@ -68,6 +68,34 @@ def test_random_logs_keep_their_counts_consistent(tmp_path, seed):
             assert r["first_visits"] <= r["kept"] <= r["visits"] and r["kept_useful"] <= min(r["kept"], r["useful"])
             if threshold == 0.0:
                 assert r["kept"] == r["visits"] and r["kept_useful"] == r["useful"]
+
+
+def test_hindsight_skips_the_revisits_of_dead_prompts_and_loses_no_useful_visit(tmp_path, seed):
+    rng = random.Random(seed)
+    prompts, n = rng.randint(3, 12), rng.choice([2, 4, 8])
+    rates = [rng.choice([0.0, 1.0, rng.random()]) for _ in range(prompts)]   # dead at both ends, and live
+    rows = []
+    for _ in range(rng.randint(2, 10)):
+        keys = rng.sample(range(prompts), rng.randint(1, prompts))
+        rows.append((keys, [sum(rng.random() < rates[k] for _ in range(n)) for k in keys]))
+    algorithm = rng.choice(["raft++", "grpo"])
+    need_both = algorithm == "grpo"
+    visits = read_visits(_log(tmp_path, rows, algorithm, n))
+    pooled = {}
+    for keys, accepted in rows:
+        for k, a in zip(keys, accepted):
+            pooled.setdefault(k, []).append(a)
+    live = {k for k, a in pooled.items() if sum(a) > 0 and (not need_both or sum(a) < n * len(a))}
+    revisits_of_live = sum(len(a) - 1 for k, a in pooled.items() if k in live)
+    r = hindsight(visits, need_both=need_both)
+    assert r["first_visits"] == len(pooled) and r["visits"] == sum(len(a) for a in pooled.values())
+    assert r["kept"] == len(pooled) + revisits_of_live
+    assert r["kept_useful"] == r["useful"]                       # recall 1: a useful visit makes its prompt live
+    # GRPO's known log above: prompts 0 (always solved) and 1 (never) are dead, 2 is live.
+    (tmp_path / "known").mkdir()
+    known = read_visits(_log(tmp_path / "known", [([0, 1, 2], [4, 0, 2])] * 4, "grpo"))
+    assert hindsight(known, need_both=True) == {"visits": 12, "first_visits": 3, "kept": 6, "useful": 4,
+                                                "kept_useful": 4, "kept_mixed": 4}
 
 
 def test_a_log_of_another_sampler_is_refused_with_the_fix(tmp_path, capsys):
