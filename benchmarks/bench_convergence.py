@@ -242,6 +242,10 @@ def rows_of(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
+# The costs a run is measured in, and their place in a curve point (see curve()).
+COSTS = {"samples": 0, "seconds": 1, "useful": 4}
+
+
 def curve(rows: list[dict]) -> list[tuple[int, float, float, int, float]]:
     """(samples generated, RL seconds, held-out accuracy, iteration, gradient-carrying samples
     generated) at every evaluation."""
@@ -259,27 +263,22 @@ def summarise(args, curves: dict, rows: dict) -> dict:
         for method, by_seed in by_method.items():
             reach[method] = {}
             for seed, c in by_seed.items():
-                samples = cost_to_reach([x[0] for x in c], [x[2] for x in c], targets.get(seed, math.inf))
-                seconds = cost_to_reach([x[1] for x in c], [x[2] for x in c], targets.get(seed, math.inf))
-                useful = cost_to_reach([x[4] for x in c], [x[2] for x in c], targets.get(seed, math.inf))
-                reach[method][seed] = {"samples": samples, "seconds": seconds, "useful": useful,
-                                       "total_samples": c[-1][0], "total_seconds": c[-1][1], "total_useful": c[-1][4]}
+                target = targets.get(seed, math.inf)
+                reach[method][seed] = {kind: cost_to_reach([x[at] for x in c], [x[2] for x in c], target)
+                                       for kind, at in COSTS.items()}
+                reach[method][seed].update({f"total_{kind}": c[-1][at] for kind, at in COSTS.items()})
         result = {}
         for method, by_seed in by_method.items():
-            ratio_samples = paired_ratios({s: r["samples"] for s, r in reach[args.reference].items()},
-                                          {s: (r["samples"], r["total_samples"]) for s, r in reach[method].items()})
-            ratio_seconds = paired_ratios({s: r["seconds"] for s, r in reach[args.reference].items()},
-                                          {s: (r["seconds"], r["total_seconds"]) for s, r in reach[method].items()})
-            ratio_useful = paired_ratios({s: r["useful"] for s, r in reach[args.reference].items()},
-                                         {s: (r["useful"], r["total_useful"]) for s, r in reach[method].items()})
+            ratios = {kind: paired_ratios({s: r[kind] for s, r in reach[args.reference].items()},
+                                          {s: (r[kind], r[f"total_{kind}"]) for s, r in reach[method].items()})
+                      for kind in COSTS}
             finals = [final_accuracy([x[2] for x in c]) for c in by_seed.values()]
             method_rows = [r for seed in by_seed for r in rows[algorithm][method][seed] if r["iteration"] > 0]
             useful = [r["useful_fraction"] for r in method_rows if r.get("useful_fraction") is not None]
             ratio_pred = [r["R_pred"] for r in method_rows if r.get("R_pred") is not None and math.isfinite(r["R_pred"])]
             result[method] = {
-                "ratio_samples": bootstrap_median(list(ratio_samples.values())), "per_seed_samples": ratio_samples,
-                "ratio_seconds": bootstrap_median(list(ratio_seconds.values())), "per_seed_seconds": ratio_seconds,
-                "ratio_useful": bootstrap_median(list(ratio_useful.values())), "per_seed_useful": ratio_useful,
+                **{f"ratio_{kind}": bootstrap_median(list(r.values())) for kind, r in ratios.items()},
+                **{f"per_seed_{kind}": r for kind, r in ratios.items()},
                 "reached": sum(r["samples"] is not None for r in reach[method].values()), "runs": len(by_seed),
                 "final": mean_and_se(finals), "finals": finals,
                 "samples_per_iteration": statistics.mean(r["samples"] for r in method_rows),

@@ -52,29 +52,35 @@ def read_visits(log: Path) -> list[tuple[int, list[int], list[int], list[int]]]:
     return visits
 
 
+class VisitTally:
+    """What a rule kept of a log's visits, added up one iteration at a time (boolean arrays over
+    that iteration's visits): shared by the history rule and hindsight."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(("visits", "first_visits", "kept", "useful", "kept_useful", "kept_mixed"), 0)
+
+    def add(self, *, keep: np.ndarray, first: np.ndarray, accepted, samples, need_both: bool) -> None:
+        mixed = np.array([0 < a < m for a, m in zip(accepted, samples)], dtype=bool)
+        carried = mixed if need_both else np.array([a > 0 for a in accepted], dtype=bool)
+        for name, on in (("visits", np.ones_like(keep)), ("first_visits", first), ("kept", keep),
+                         ("useful", carried), ("kept_useful", carried & keep), ("kept_mixed", mixed & keep)):
+            self.counts[name] += int(on.sum())
+
+
 def replay(visits, *, decay: float, threshold: float, prior: float, screen_out: str, need_both: bool) -> dict:
     """The rule's verdict on every visit, and what the kept ones carried (useful: gradient for RAFT
     when need_both is false, both outcomes when it is true)."""
     stats = PromptStats()
-    kept = useful = kept_useful = kept_mixed = total = first = 0
+    tally = VisitTally()
     for iteration, keys, samples, accepted in visits:
         n = int(np.median(samples))
-        seen_before = np.array([stats.record(k).successes + stats.record(k).failures > 0 for k in keys])
-        chance = screen_chances(stats, keys, iteration, decay=decay, prior=prior, n=n, screen_out=screen_out)
-        mixed = np.array([0 < a < m for a, m in zip(accepted, samples)])
-        carried = mixed if need_both else np.array([a > 0 for a in accepted])
-        keep = chance >= threshold
+        first = np.array([stats.record(k).successes + stats.record(k).failures == 0 for k in keys], dtype=bool)
+        keep = screen_chances(stats, keys, iteration, decay=decay, prior=prior, n=n, screen_out=screen_out) >= threshold
         kept_keys = [k for k, on in zip(keys, keep) if on]
         stats.count_outcomes(kept_keys, [a for a, on in zip(accepted, keep) if on],
                              [m - a for m, a, on in zip(samples, accepted, keep) if on])
-        total += len(keys)
-        first += int((~seen_before).sum())
-        kept += int(keep.sum())
-        useful += int(carried.sum())
-        kept_useful += int((carried & keep).sum())
-        kept_mixed += int((mixed & keep).sum())
-    return {"visits": total, "first_visits": first, "kept": kept, "useful": useful, "kept_useful": kept_useful,
-            "kept_mixed": kept_mixed}
+        tally.add(keep=keep, first=first, accepted=accepted, samples=samples, need_both=need_both)
+    return tally.counts
 
 
 def hindsight(visits, *, need_both: bool) -> dict:
@@ -93,20 +99,15 @@ def hindsight(visits, *, need_both: bool) -> dict:
     live = {k for k in samples_total
             if accepted_total[k] > 0 and (not need_both or accepted_total[k] < samples_total[k])}
     seen: set[int] = set()
-    kept = useful = kept_useful = kept_mixed = total = first = 0
+    tally = VisitTally()
     for _, keys, samples, accepted in visits:
-        for k, m, a in zip(keys, samples, accepted):
-            carried = 0 < a < m if need_both else a > 0
-            keep = k not in seen or k in live
-            first += k not in seen
+        first = np.zeros(len(keys), dtype=bool)
+        for i, k in enumerate(keys):          # one by one: a prompt drawn twice in an iteration is first once
+            first[i] = k not in seen
             seen.add(k)
-            total += 1
-            kept += keep
-            useful += carried
-            kept_useful += carried and keep
-            kept_mixed += (0 < a < m) and keep
-    return {"visits": total, "first_visits": first, "kept": kept, "useful": useful, "kept_useful": kept_useful,
-            "kept_mixed": kept_mixed}
+        keep = first | np.array([k in live for k in keys], dtype=bool)
+        tally.add(keep=keep, first=first, accepted=accepted, samples=samples, need_both=need_both)
+    return tally.counts
 
 
 def table_row(screen_out: str, decay, threshold, r: dict) -> str:
