@@ -179,6 +179,9 @@ class SamplerConfig:
     screen_out: str = AUTO_OBJECTIVE     # the groups the screen skips: "auto" the algorithm's groups without
                                          # gradient (RAFT "unsolved", GRPO "agreeing"); "solved" or "agreeing":
                                          # also prompts likely all accepted, where RAFT has nothing left to learn
+    screen_probe: int = 0                # a prompt without history first gets this many samples, and the rest
+                                         # of its group only when they are not what the screen skips (GRPO: both
+                                         # outcomes); the others are dropped, their samples counted; 0: no probe
 
     def __post_init__(self) -> None:
         require(self.kind in SAMPLERS, "sampler.kind", self.kind, f"must be one of {SAMPLERS}")
@@ -216,6 +219,7 @@ class SamplerConfig:
         require(0 <= self.screen_min_useful <= 1, "sampler.screen_min_useful", self.screen_min_useful,
                 "must lie in [0, 1] (0: screen nothing)")
         require(self.screen_max_draws >= 1, "sampler.screen_max_draws", self.screen_max_draws, "must be >= 1")
+        require(self.screen_probe >= 0, "sampler.screen_probe", self.screen_probe, "must be >= 0 (0: no probe)")
         require(self.screen_out in (AUTO_OBJECTIVE, *SCREEN_OUT), "sampler.screen_out", self.screen_out,
                 f"must be one of {(AUTO_OBJECTIVE, *SCREEN_OUT)}")
 
@@ -348,6 +352,10 @@ class RunConfig:
         if self.sampler.n_per_prompt is None:      # the algorithm's: written out resolved, so resume compares it
             object.__setattr__(self, "sampler", dataclasses.replace(
                 self.sampler, n_per_prompt=ALGORITHMS[self.algorithm].n_per_prompt))
+        if self.sampler.kind == "screened" and self.sampler.screen_probe > 0:
+            require(self.sampler.screen_probe < self.sampler.n_per_prompt, "sampler.screen_probe",
+                    self.sampler.screen_probe, f"must be below sampler.n_per_prompt ({self.sampler.n_per_prompt}): "
+                    f"a probe is the first part of a group; 0 turns it off")
         if self.sampler.kind == "gvm" and self.sampler.max_per_prompt is not None:
             room = self.sampler.max_per_prompt * self.data.prompts_per_iteration
             budget = self.sampler.stage2_budget(self.data.prompts_per_iteration)

@@ -36,7 +36,7 @@ from gvm.failpoints import failpoint
 from gvm.prompts import Prompt, PromptStream
 from gvm.rollouts import RolloutBatch
 from gvm.stages import allocate_counts, make_samples, pilot_grad_norms, train_on, train_summary
-from gvm.stats import PromptStats, pilot_sizes, posterior_mean, prob_kept, prob_useful, round_budgets
+from gvm.stats import PromptStats, pilot_sizes, posterior_mean, prob_kept, prob_useful, round_budgets, shows_kept
 
 log = logging.getLogger(__name__)
 
@@ -341,38 +341,86 @@ class ScreenedSampler(Sampler):
     name = "screened"
 
     def collect(self, iteration: int) -> Collected:
-        ctx, cfg, n = self.ctx, self.cfg, self.cfg.n_per_prompt
+        ctx, cfg, n, probe = self.ctx, self.cfg, self.cfg.n_per_prompt, self.cfg.screen_probe
         limit = min(cfg.screen_max_draws * self.size, max(self.size, len(ctx.stream.prompts)))
-        chosen: list[Prompt] = []
+        chosen: list[Prompt] = []                        # sampled in full after the draws
+        passed: list[tuple[Prompt, list, list]] = []     # probed, and completed after the draws
         skipped: list[tuple[float, Prompt]] = []
+        dropped: list[int] = []                           # probed and dropped: the probe showed no gradient
         seen: set[int] = set()
-        drawn = 0
-        while len(chosen) < self.size and drawn < limit:
-            candidates = ctx.stream.take(min(self.size - len(chosen), limit - drawn))
+        drawn = generated = probed = 0
+        while len(chosen) + len(passed) < self.size and drawn < limit:
+            candidates = ctx.stream.take(min(self.size - len(chosen) - len(passed), limit - drawn))
             drawn += len(candidates)
             fresh = [p for p in candidates if p.key not in seen]     # an epoch boundary can repeat one
             seen.update(p.key for p in fresh)
+            unseen = {p.key for p in fresh if _no_history(ctx.stats.record(p.key))} if probe else set()
+            to_probe = []
             for prompt, chance in zip(fresh, self._chances(fresh, iteration)):
-                if chance >= cfg.screen_min_useful:
-                    chosen.append(prompt)
-                else:
+                if chance < cfg.screen_min_useful:
                     skipped.append((chance, prompt))
-        if len(chosen) < self.size:  # the draws ran out: the most promising of those skipped fill the batch
+                else:
+                    (to_probe if prompt.key in unseen else chosen).append(prompt)
+            if to_probe:
+                tried = self._sample(to_probe, probe, "probe")
+                generated, probed = generated + tried.num_samples, probed + len(to_probe)
+                accepted, rejected = outcome_counts(tried)
+                keep = shows_kept(accepted, accepted + rejected, screen_out=self._screen_out)
+                passed += [g for g, k in zip(_groups(tried), keep) if k]
+                dropped += [p.key for p, k in zip(to_probe, keep) if not k]
+        if len(chosen) + len(passed) < self.size:  # the draws ran out: the most promising skipped fill the batch
             skipped.sort(key=lambda item: -item[0])
-            fill = self.size - len(chosen)
+            fill = self.size - len(chosen) - len(passed)
             chosen += [prompt for _, prompt in skipped[:fill]]
             skipped = skipped[fill:]
-        batch = self.generate(chosen, n, "rollout")
-        ctx.stats.count_outcomes([p.key for p in chosen], *outcome_counts(batch))
+        groups, completed = self._complete(chosen, passed, n)
+        generated += completed
+        batch = RolloutBatch([g[0] for g in groups], [g[1] for g in groups], [g[2] for g in groups],
+                             ctx.rollouts.verifier.config.accept_threshold)
         counts = np.array(batch.counts, dtype=np.int64)
-        audit = {"keys": [p.key for p in chosen], "n": counts, "skipped": [p.key for _, p in skipped]}
-        return Collected(batch, batch.num_samples, counts, None, audit,
-                         row={"prompts_drawn": drawn, "prompts_skipped": len(skipped)})
+        audit = {"keys": [p.key for p in batch.prompts], "n": counts, "skipped": [p.key for _, p in skipped]}
+        row = {"prompts_drawn": drawn, "prompts_skipped": len(skipped)}
+        if probe:
+            audit["dropped"] = dropped
+            row.update(prompts_probed=probed, prompts_dropped=len(dropped))
+        return Collected(batch, generated, counts, None, audit, row=row)
+
+    @property
+    def _screen_out(self) -> str:
+        return self.cfg.screen_out_for(self.ctx.cfg.algorithm)
+
+    def _sample(self, prompts: list[Prompt], counts, phase: str) -> RolloutBatch:
+        """generate() with each prompt's outcomes added to its history."""
+        batch = self.generate(prompts, counts, phase)
+        self.ctx.stats.count_outcomes([p.key for p in prompts], *outcome_counts(batch))
+        return batch
+
+    def _complete(self, chosen: list[Prompt], probed: list[tuple[Prompt, list, list]],
+                  n: int) -> tuple[list[tuple[Prompt, list, list]], int]:
+        """The training batch's groups (n samples for each chosen prompt, the rest of each probed
+        group, in one generation) and the samples that generated."""
+        prompts = chosen + [g[0] for g in probed]
+        if not prompts:
+            return [], 0
+        counts = [n] * len(chosen) + [n - len(g[1]) for g in probed]
+        batch = self._sample(prompts, np.array(counts, dtype=np.int64), "rollout")
+        made = _groups(batch)
+        completed = [(p, c + c2, r + r2) for (p, c, r), (_, c2, r2) in zip(probed, made[len(chosen):])]
+        return made[: len(chosen)] + completed, batch.num_samples
 
     def _chances(self, prompts: list[Prompt], iteration: int) -> np.ndarray:
         return screen_chances(self.ctx.stats, [p.key for p in prompts], iteration, decay=self.cfg.history_decay,
                               prior=self.cfg.prior, n=self.cfg.n_per_prompt,
-                              screen_out=self.cfg.screen_out_for(self.ctx.cfg.algorithm))
+                              screen_out=self._screen_out)
+
+
+def _no_history(record) -> bool:
+    return record.successes + record.failures == 0
+
+
+def _groups(batch: RolloutBatch) -> list[tuple[Prompt, list, list]]:
+    """A verified batch as (prompt, completions, rewards) per prompt."""
+    return list(zip(batch.prompts, batch.completions, batch.rewards))
 
 
 def screen_chances(stats: PromptStats, keys: list[int], iteration: int, *, decay: float, prior: float, n: int,

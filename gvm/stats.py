@@ -181,6 +181,18 @@ def prob_kept(successes, failures, n, *, prior: float, screen_out: str) -> np.nd
     return prob_useful(s, f, zeros, zeros, n, prior=prior, need_both=screen_out == "agreeing")
 
 
+def shows_kept(accepted, total, *, screen_out: str) -> np.ndarray:
+    """Whether samples already drawn (accepted of total, per prompt) are not a group `screen_out`
+    skips: "unsolved" some accepted; "solved" some rejected; "agreeing" both (the screened
+    sampler's probe: only such prompts get the rest of their group)."""
+    if screen_out not in SCREEN_OUT:
+        raise ValueError(f"screen_out must be one of {SCREEN_OUT}, got {screen_out!r}")
+    accepted, total = np.asarray(accepted, np.float64), np.asarray(total, np.float64)
+    some_accepted, some_rejected = accepted > 0, accepted < total
+    return {"unsolved": some_accepted, "solved": some_rejected,
+            "agreeing": some_accepted & some_rejected}[screen_out]
+
+
 def pilot_sizes(effective_counts, pilot_n: int, amortise_after: float | None) -> np.ndarray:
     """Pilot samples per prompt: `pilot_n`, or none for a prompt whose (decayed) history holds at
     least `amortise_after` samples, whose posterior stands in for a pilot (None: always a pilot)."""
