@@ -346,7 +346,7 @@ class ScreenedSampler(Sampler):
         chosen: list[Prompt] = []                        # sampled in full after the draws
         passed: list[tuple[Prompt, list, list]] = []     # probed, and completed after the draws
         skipped: list[tuple[float, Prompt]] = []
-        dropped: list[int] = []                           # probed and dropped: the probe showed no gradient
+        dropped: list[tuple[int, int]] = []               # (key, accepted) of probes that showed no gradient
         seen: set[int] = set()
         drawn = generated = probed = 0
         while len(chosen) + len(passed) < self.size and drawn < limit:
@@ -367,7 +367,7 @@ class ScreenedSampler(Sampler):
                 accepted, rejected = outcome_counts(tried)
                 keep = shows_kept(accepted, accepted + rejected, screen_out=self._screen_out)
                 passed += [g for g, k in zip(_groups(tried), keep) if k]
-                dropped += [p.key for p, k in zip(to_probe, keep) if not k]
+                dropped += [(p.key, int(a)) for p, a, k in zip(to_probe, accepted, keep) if not k]
         if len(chosen) + len(passed) < self.size:  # the draws ran out: the most promising skipped fill the batch
             skipped.sort(key=lambda item: -item[0])
             fill = self.size - len(chosen) - len(passed)
@@ -381,7 +381,7 @@ class ScreenedSampler(Sampler):
         audit = {"keys": [p.key for p in batch.prompts], "n": counts, "skipped": [p.key for _, p in skipped]}
         row = {"prompts_drawn": drawn, "prompts_skipped": len(skipped)}
         if probe:
-            audit["dropped"] = dropped
+            audit.update(probe=probe, dropped=[key for key, _ in dropped], dropped_accepted=[a for _, a in dropped])
             row.update(prompts_probed=probed, prompts_dropped=len(dropped))
         return Collected(batch, generated, counts, None, audit, row=row)
 

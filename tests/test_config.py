@@ -99,6 +99,7 @@ def test_saved_config_loads_back_equal(tmp_path, rng):
     ("sampler.zero_accept=drop", "sampler.zero_accept", "must be one of"),
     ("sampler.screen_min_useful=1.5", "sampler.screen_min_useful", "[0, 1]"),
     ("sampler.screen_max_draws=0", "sampler.screen_max_draws", ">= 1"),
+    ("sampler.screen_probe=-1", "sampler.screen_probe", ">= 0"),
     ("algorithm=ppo", "algorithm", "must be one of"),
     ("iterations=-1", "iterations", ">= 0"),
     ("epochs=0", "epochs", ">= 1"),
@@ -118,6 +119,12 @@ def test_bad_values_name_key_value_and_what_is_allowed(override, key, fragment):
     message = str(error.value)
     assert f"{key}=" in message and fragment in message
     assert repr(parse_override(override)[1]) in message or str(parse_override(override)[1]) in message
+
+
+def test_a_probe_must_leave_room_in_the_group():
+    with pytest.raises(ConfigError, match=r"config key sampler\.screen_probe=4: must be below sampler\.n_per_prompt \(4\)"):
+        load_config(None, ["algorithm=grpo", "sampler.kind=screened", "sampler.screen_probe=4"])
+    assert load_config(None, ["algorithm=grpo", "sampler.kind=screened", "sampler.screen_probe=2"]).sampler.screen_probe == 2
 
 
 def test_reused_class_errors_carry_their_section():

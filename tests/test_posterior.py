@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from scipy import integrate
 from scipy.stats import beta as beta_dist
 
-from gvm.stats import SCREEN_OUT, PromptStats, pilot_sizes, posterior_mean, prob_kept, prob_useful, round_budgets
+from gvm.stats import (SCREEN_OUT, PromptStats, pilot_sizes, posterior_mean, prob_kept, prob_useful, round_budgets,
+                       shows_kept)
 
 counts = st.floats(0.0, 12.0)
 PROPERTY = settings(max_examples=60, deadline=None)
@@ -63,6 +64,29 @@ def test_screen_chance_matches_integration(s, f, n, prior, screen_out):
                "agreeing": lambda p: p**n + (1 - p) ** n}[screen_out]
     want = 1.0 - expect(prior + s, prior + f, skipped)
     assert prob_kept([s], [f], [n], prior=prior, screen_out=screen_out)[0] == pytest.approx(want, abs=1e-7)
+
+
+@PROPERTY
+@given(s=counts, f=counts, n=st.integers(1, 12), prior=st.floats(0.2, 2.0), screen_out=st.sampled_from(SCREEN_OUT))
+def test_the_probe_keeps_exactly_the_outcomes_the_screen_counts_as_kept(s, f, n, prior, screen_out):
+    """shows_kept (the probe's rule, on samples drawn) and prob_kept (the screen's, before drawing)
+    are one rule: prob_kept is the posterior-predictive chance that n draws show what shows_kept keeps,
+    the beta-binomial sum over k accepted of n."""
+    a, b = prior + s, prior + f
+    k = np.arange(n + 1)
+    pmf = np.array([math.comb(n, int(j)) * expect(a, b, lambda p, j=int(j): p**j * (1 - p) ** (n - j)) for j in k])
+    kept = shows_kept(k, np.full(n + 1, n), screen_out=screen_out)
+    assert float(pmf[kept].sum()) == pytest.approx(prob_kept([s], [f], [n], prior=prior, screen_out=screen_out)[0],
+                                                    abs=1e-6)
+
+
+def test_the_probe_rule_on_small_groups():
+    accepted, total = [0, 1, 2, 2, 0], [2, 2, 2, 3, 0]
+    assert shows_kept(accepted, total, screen_out="unsolved").tolist() == [False, True, True, True, False]
+    assert shows_kept(accepted, total, screen_out="solved").tolist() == [True, True, False, True, False]
+    assert shows_kept(accepted, total, screen_out="agreeing").tolist() == [False, True, False, True, False]
+    with pytest.raises(ValueError, match="screen_out must be one of"):
+        shows_kept([1], [2], screen_out="raft")
 
 
 def test_screen_chance_refuses_an_unknown_rule():

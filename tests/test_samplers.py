@@ -135,3 +135,28 @@ def test_screened_fills_the_batch_when_every_draw_is_screened_out(tmp_path, warm
     rows, audits, _ = _run(tmp_path, warm_model, seed, "sampler.kind=screened", "sampler.screen_min_useful=1.0")
     assert [len(a["keys"]) for a in audits] == [M, M, M]
     assert rows[2]["prompts_drawn"] == 16 and rows[2]["prompts_skipped"] == 16 - M and rows[2]["samples"] == N * M
+
+
+def test_screened_probe_completes_only_groups_whose_probe_carries_gradient(tmp_path, warm_model, seed):
+    """sampler.screen_probe=2 with GRPO: a prompt without history gets 2 samples first; it is trained
+    on (its group completed to N) only when they differ, else dropped; every sample is counted."""
+    probe = 2
+    rows, audits, _ = _run(tmp_path, warm_model, seed, "sampler.kind=screened", "algorithm=grpo",
+                           f"sampler.screen_probe={probe}")
+    seen: set[int] = set()
+    for row, audit in zip(rows, audits):
+        assert audit["probe"] == probe and len(audit["keys"]) <= M
+        first = [k for k in audit["keys"] if k not in seen]           # probed, and their probe differed
+        with_history = [k for k in audit["keys"] if k in seen]
+        assert not set(audit["dropped"]) & seen                        # only prompts without history are probed
+        assert all(a in (0, probe) for a in audit["dropped_accepted"])   # dropped: the probe agreed
+        for key, accepted in zip(audit["keys"], audit["accepted"]):
+            if key in first:
+                assert 0 < accepted < N                               # the probe's two outcomes are in the group
+        assert row["prompts_probed"] == len(first) + len(audit["dropped"])
+        assert row["prompts_dropped"] == len(audit["dropped"])
+        assert row["samples"] == probe * len(audit["dropped"]) + N * len(audit["keys"])   # all counted
+        assert audit["n"] == [N] * len(audit["keys"])
+        assert len(with_history) + len(first) == len(audit["keys"])
+        seen.update(audit["keys"] + audit["dropped"] + audit["skipped"])
+    assert rows[0]["prompts_probed"] >= M                               # iteration 1: nothing has history
