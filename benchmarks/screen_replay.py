@@ -15,13 +15,15 @@ cannot say what the skipped samples would have taught; bench_convergence.py meas
 visits have no history and are always kept, so a run with few epochs bounds the gain from above
 by its share of revisits. A last row, "hindsight", keeps every first visit and every revisit of
 the prompts that carried gradient at some visit of the run: the same gain for a screen that knew
-after one visit which prompts are dead.
+after one visit which prompts are dead. A last table says what probing first visits
+(`sampler.screen_probe`) would have spent on them and kept useful, in samples.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from math import comb
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ from gvm.stats import SCREEN_OUT, PromptStats  # noqa: E402
 
 DECAYS = (0.5, 0.7, 0.9, 1.0)
 THRESHOLDS = (0.3, 0.45, 0.6)
+PROBES = (0, 1, 2, 4)                  # samples a first visit is probed with (0: generated in full)
 
 
 def read_visits(log: Path) -> list[tuple[int, list[int], list[int], list[int]]]:
@@ -110,6 +113,34 @@ def hindsight(visits, *, need_both: bool) -> dict:
     return tally.counts
 
 
+def probe_pass_chance(accepted: int, samples: int, probe: int, need_both: bool) -> float:
+    """The chance that `probe` of a visit's samples, drawn without replacement (a generated group's
+    order is random), show what the sampler keeps: both outcomes (GRPO) or an accepted one (RAFT)."""
+    def none_of(count: int) -> float:      # all probe samples from the other `samples - count`
+        return comb(samples - count, probe) / comb(samples, probe)
+    return 1.0 - none_of(accepted) - (none_of(samples - accepted) if need_both else 0.0)
+
+
+def first_visits_probed(visits, probe: int, *, need_both: bool) -> tuple[float, float]:
+    """The expected (samples, useful samples) of a log's first visits had each been probed with
+    `probe` samples and completed only when the probe showed gradient (sampler.screen_probe); 0
+    probes: generated in full. A completed group carries gradient by construction, so its useful
+    samples are all of it; a dropped probe's are none."""
+    seen: set[int] = set()
+    spent = useful = 0.0
+    for _, keys, samples, accepted in visits:
+        for k, m, a in zip(keys, samples, accepted):
+            if k in seen:
+                continue
+            seen.add(k)
+            if probe == 0 or probe >= m:
+                spent, useful = spent + m, useful + m * ((0 < a < m) if need_both else (a > 0))
+            else:
+                chance = probe_pass_chance(a, m, probe, need_both)
+                spent, useful = spent + probe + (m - probe) * chance, useful + m * chance
+    return spent, useful
+
+
 def table_row(screen_out: str, decay, threshold, r: dict) -> str:
     kept = max(r["kept"], 1)
     among_kept, among_all = r["kept_useful"] / kept, r["useful"] / max(r["visits"], 1)
@@ -131,6 +162,13 @@ def report(log: Path, visits, algorithm: str, prior: float) -> list[str]:
                 lines.append(table_row(screen_out, decay, threshold, r))
     lines.append(table_row("hindsight (the whole run known)", "-", "-", hindsight(visits, need_both=need_both)))
     r = replay(visits, decay=1.0, threshold=0.0, prior=prior, screen_out="agreeing", need_both=need_both)
+    lines += ["", "First visits (no history) generated in full or probed first (`sampler.screen_probe`; expected "
+              "over which samples a probe would have drawn), in samples:", "",
+              "| first visits | samples | useful samples | useful fraction |", "|---|---|---|---|"]
+    for probe in (p for p in PROBES if p != 1 or not need_both):      # one sample never shows both outcomes
+        spent, useful = first_visits_probed(visits, probe, need_both=need_both)
+        lines.append(f"| {'in full' if probe == 0 else f'probe of {probe}'} | {spent:.0f} | {useful:.0f} | "
+                     f"{useful / max(spent, 1e-12):.2f} |")
     lines += ["", f"{r['visits']} visits of {len({k for _, keys, _, _ in visits for k in keys})} prompts, "
                   f"{r['first_visits']} of them first visits (no history: always kept); "
                   f"{r['kept_mixed'] / max(r['visits'], 1):.2f} of all visits had both outcomes", ""]

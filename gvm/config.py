@@ -356,6 +356,10 @@ class RunConfig:
             require(self.sampler.screen_probe < self.sampler.n_per_prompt, "sampler.screen_probe",
                     self.sampler.screen_probe, f"must be below sampler.n_per_prompt ({self.sampler.n_per_prompt}): "
                     f"a probe is the first part of a group; 0 turns it off")
+            require(self.sampler.screen_probe >= 2 or self.sampler.screen_out_for(self.algorithm) != "agreeing",
+                    "sampler.screen_probe", self.sampler.screen_probe,
+                    "must be >= 2 where the screen skips agreeing groups (GRPO's default): one sample cannot "
+                    "show both outcomes, so every probe would be dropped")
         if self.sampler.kind == "gvm" and self.sampler.max_per_prompt is not None:
             room = self.sampler.max_per_prompt * self.data.prompts_per_iteration
             budget = self.sampler.stage2_budget(self.data.prompts_per_iteration)

@@ -124,7 +124,10 @@ def test_bad_values_name_key_value_and_what_is_allowed(override, key, fragment):
 def test_a_probe_must_leave_room_in_the_group():
     with pytest.raises(ConfigError, match=r"config key sampler\.screen_probe=4: must be below sampler\.n_per_prompt \(4\)"):
         load_config(None, ["algorithm=grpo", "sampler.kind=screened", "sampler.screen_probe=4"])
+    with pytest.raises(ConfigError, match=r"sampler\.screen_probe=1: must be >= 2 where the screen skips agreeing"):
+        load_config(None, ["algorithm=grpo", "sampler.kind=screened", "sampler.screen_probe=1"])
     assert load_config(None, ["algorithm=grpo", "sampler.kind=screened", "sampler.screen_probe=2"]).sampler.screen_probe == 2
+    assert load_config(None, ["algorithm=raft++", "sampler.kind=screened", "sampler.screen_probe=1"]).sampler.screen_probe == 1
 
 
 def test_reused_class_errors_carry_their_section():

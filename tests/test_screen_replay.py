@@ -2,6 +2,7 @@
 A prompt that never carries gradient is skipped after its first visit and a skipped visit teaches
 the rule nothing (as in the sampler); on fresh random logs the counts stay consistent and a rule
 that screens nothing keeps every visit."""
+import itertools
 import json
 import random
 import sys
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from screen_replay import hindsight, main, read_visits, replay  # noqa: E402
+from screen_replay import first_visits_probed, hindsight, main, probe_pass_chance, read_visits, replay  # noqa: E402
 
 
 def _log(tmp_path: Path, rows: list[tuple[list[int], list[int]]], algorithm: str, n: int = 4) -> Path:
@@ -106,3 +107,24 @@ def test_a_log_of_another_sampler_is_refused_with_the_fix(tmp_path, capsys):
     log.with_name("config.yaml").unlink()
     with pytest.raises(SystemExit, match="config.yaml: not found"):
         main([str(log)])
+
+
+def test_probe_pass_chance_is_the_share_of_probe_subsets_that_show_gradient(seed):
+    """Against enumeration: every way to draw the probe from a group of m with a accepted."""
+    rng = random.Random(seed)
+    for _ in range(20):
+        m = rng.randint(2, 9)
+        a, probe, need_both = rng.randint(0, m), rng.randint(1, m - 1), rng.random() < 0.5
+        group = [1] * a + [0] * (m - a)
+        subsets = list(itertools.combinations(range(m), probe))
+        shows = [len({group[i] for i in sub}) == 2 if need_both else any(group[i] for i in sub) for sub in subsets]
+        assert probe_pass_chance(a, m, probe, need_both) == pytest.approx(sum(shows) / len(subsets), abs=1e-12)
+
+
+def test_probed_first_visits_spend_the_probe_and_keep_only_groups_with_gradient(tmp_path):
+    # GRPO, groups of 4: prompt 0 never solved (0 of 4), prompt 1 2 of 4, revisits ignored.
+    visits = read_visits(_log(tmp_path, [([0, 1], [0, 2])] * 3, "grpo"))
+    assert first_visits_probed(visits, 0, need_both=True) == (8, 4)          # in full: prompt 1's group useful
+    # a probe of 2: prompt 0 spends 2, prompt 1 passes with chance 4/6 (mixed pairs of 1100) and is completed
+    spent, useful = first_visits_probed(visits, 2, need_both=True)
+    assert spent == pytest.approx(2 + 2 + 2 * 4 / 6) and useful == pytest.approx(4 * 4 / 6)
