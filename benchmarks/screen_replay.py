@@ -77,7 +77,7 @@ def replay(visits, *, decay: float, threshold: float, prior: float, screen_out: 
     tally = VisitTally()
     for iteration, keys, samples, accepted in visits:
         n = int(np.median(samples))
-        first = np.array([stats.record(k).successes + stats.record(k).failures == 0 for k in keys], dtype=bool)
+        first = np.array([not stats.record(k).has_history for k in keys], dtype=bool)
         keep = screen_chances(stats, keys, iteration, decay=decay, prior=prior, n=n, screen_out=screen_out) >= threshold
         kept_keys = [k for k, on in zip(keys, keep) if on]
         stats.count_outcomes(kept_keys, [a for a, on in zip(accepted, keep) if on],

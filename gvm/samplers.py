@@ -163,11 +163,10 @@ class DapoSampler(Sampler):
             batch = self.generate(prompts, n, "rollout")
             generated += batch.num_samples
             drawn += [p.key for p in prompts]
-            kept += [(p, c, r) for p, c, r in zip(batch.prompts, batch.completions, batch.rewards)
-                     if algorithm.group_carries_gradient(r, batch.accept_threshold)]
+            kept += [g for g in _groups(batch) if algorithm.group_carries_gradient(g[2], batch.accept_threshold)]
             rounds += 1
         kept = kept[: self.size]     # the training batch is full; the rest was generated and is counted
-        batch = RolloutBatch([k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept], batch.accept_threshold)
+        batch = _batch_of(kept, batch.accept_threshold)
         counts = np.array(batch.counts, dtype=np.int64)
         audit = {"keys": [p.key for p in batch.prompts], "n": counts, "drawn": drawn, "rounds": rounds}
         return Collected(batch, generated, counts, None, audit,
@@ -354,7 +353,7 @@ class ScreenedSampler(Sampler):
             drawn += len(candidates)
             fresh = [p for p in candidates if p.key not in seen]     # an epoch boundary can repeat one
             seen.update(p.key for p in fresh)
-            unseen = {p.key for p in fresh if _no_history(ctx.stats.record(p.key))} if probe else set()
+            unseen = {p.key for p in fresh if not ctx.stats.record(p.key).has_history} if probe else set()
             to_probe = []
             for prompt, chance in zip(fresh, self._chances(fresh, iteration)):
                 if chance < cfg.screen_min_useful:
@@ -373,10 +372,8 @@ class ScreenedSampler(Sampler):
             fill = self.size - len(chosen) - len(passed)
             chosen += [prompt for _, prompt in skipped[:fill]]
             skipped = skipped[fill:]
-        groups, completed = self._complete(chosen, passed, n)
-        generated += completed
-        batch = RolloutBatch([g[0] for g in groups], [g[1] for g in groups], [g[2] for g in groups],
-                             ctx.rollouts.verifier.config.accept_threshold)
+        batch = self._complete(chosen, passed, n)
+        generated += batch.num_samples - sum(len(g[1]) for g in passed)
         counts = np.array(batch.counts, dtype=np.int64)
         audit = {"keys": [p.key for p in batch.prompts], "n": counts, "skipped": [p.key for _, p in skipped]}
         row = {"prompts_drawn": drawn, "prompts_skipped": len(skipped)}
@@ -395,18 +392,17 @@ class ScreenedSampler(Sampler):
         self.ctx.stats.count_outcomes([p.key for p in prompts], *outcome_counts(batch))
         return batch
 
-    def _complete(self, chosen: list[Prompt], probed: list[tuple[Prompt, list, list]],
-                  n: int) -> tuple[list[tuple[Prompt, list, list]], int]:
-        """The training batch's groups (n samples for each chosen prompt, the rest of each probed
-        group, in one generation) and the samples that generated."""
+    def _complete(self, chosen: list[Prompt], probed: list[tuple[Prompt, list, list]], n: int) -> RolloutBatch:
+        """The training batch: n samples for each chosen prompt and the rest of each probed group,
+        in one generation."""
+        threshold = self.ctx.rollouts.verifier.config.accept_threshold
         prompts = chosen + [g[0] for g in probed]
         if not prompts:
-            return [], 0
+            return _batch_of([], threshold)
         counts = [n] * len(chosen) + [n - len(g[1]) for g in probed]
-        batch = self._sample(prompts, np.array(counts, dtype=np.int64), "rollout")
-        made = _groups(batch)
-        completed = [(p, c + c2, r + r2) for (p, c, r), (_, c2, r2) in zip(probed, made[len(chosen):])]
-        return made[: len(chosen)] + completed, batch.num_samples
+        made = _groups(self._sample(prompts, np.array(counts, dtype=np.int64), "rollout"))
+        completed = merge(_batch_of(probed, threshold), _batch_of(made[len(chosen):], threshold))
+        return _batch_of(made[: len(chosen)] + _groups(completed), threshold)
 
     def _chances(self, prompts: list[Prompt], iteration: int) -> np.ndarray:
         return screen_chances(self.ctx.stats, [p.key for p in prompts], iteration, decay=self.cfg.history_decay,
@@ -414,13 +410,14 @@ class ScreenedSampler(Sampler):
                               screen_out=self._screen_out)
 
 
-def _no_history(record) -> bool:
-    return record.successes + record.failures == 0
-
-
 def _groups(batch: RolloutBatch) -> list[tuple[Prompt, list, list]]:
     """A verified batch as (prompt, completions, rewards) per prompt."""
     return list(zip(batch.prompts, batch.completions, batch.rewards))
+
+
+def _batch_of(groups: list[tuple[Prompt, list, list]], accept_threshold: float) -> RolloutBatch:
+    """The verified batch of (prompt, completions, rewards) groups: _groups' inverse."""
+    return RolloutBatch([g[0] for g in groups], [g[1] for g in groups], [g[2] for g in groups], accept_threshold)
 
 
 def screen_chances(stats: PromptStats, keys: list[int], iteration: int, *, decay: float, prior: float, n: int,

@@ -35,6 +35,11 @@ class PromptRecord:
     successes: float = 0.0     # decayed counts of accepted / rejected samples (adaptive)
     failures: float = 0.0
 
+    @property
+    def has_history(self) -> bool:
+        """Some sample of this prompt has been counted (decay never brings counts back to 0)."""
+        return self.successes + self.failures > 0
+
 
 class PromptStats:
     """The table of PromptRecord by prompt key (see the module docstring)."""
