@@ -100,3 +100,59 @@ def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
     if len(values) < 2:
         return (values[0] if values else math.nan), math.nan
     return statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
+Runs = dict[int, dict[int, tuple[float, float]]]   # seed -> {iteration: (cost, held-out accuracy)}
+
+
+def seed_mean_curve(runs: Sequence[dict[int, tuple[float, float]]]) -> tuple[list[float], list[float]]:
+    """(costs, accuracies): at each evaluation every run has (by iteration), the mean over runs of
+    the cost and of the accuracy. Averaging seeds first takes most of one run's evaluation noise
+    and luck out of the curve a target is read from and the curves that must reach it."""
+    if not runs:
+        return [], []
+    iterations = sorted(set.intersection(*(set(r) for r in runs)))
+    return ([statistics.fmean(r[it][0] for r in runs) for it in iterations],
+            [statistics.fmean(r[it][1] for r in runs) for it in iterations])
+
+
+def pooled_ratio(reference: Runs, baseline: Runs, method: Runs) -> float | None:
+    """baseline cost / method cost to one target: the final accuracy (mean of the last two
+    evaluations) of the reference's seed-averaged curve, reached on each one's seed-averaged
+    curve (monotone fit). 0 when the method's mean curve never gets there (no credit, as
+    paired_ratios); None when the ratio says nothing about cost (the baseline never gets there, or
+    one of them is there at its start). Seeds are those all three ran."""
+    seeds = sorted(set(reference) & set(baseline) & set(method))
+    if not seeds:
+        return None
+    _, ref_accs = seed_mean_curve([reference[s] for s in seeds])
+    target = final_accuracy(ref_accs)
+    base_cost = cost_to_reach(*seed_mean_curve([baseline[s] for s in seeds]), target)
+    method_cost = cost_to_reach(*seed_mean_curve([method[s] for s in seeds]), target)
+    if base_cost is None or base_cost <= 0 or (method_cost is not None and method_cost <= 0):
+        return None
+    return base_cost / method_cost if method_cost is not None else 0.0
+
+
+def bootstrap_pooled_ratio(reference: Runs, baseline: Runs, method: Runs, *, rounds: int = 2000,
+                           level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(ratio, low, high): pooled_ratio on the seeds run, and a percentile bootstrap interval over
+    seeds resampled with replacement, the same draw for all three (paired). A resample whose
+    ratio says nothing about cost is left out; nan when no ratio exists."""
+    seeds = sorted(set(reference) & set(baseline) & set(method))
+    point = pooled_ratio(reference, baseline, method)
+    if point is None:
+        return math.nan, math.nan, math.nan
+    rng = random.Random(seed)
+    draws = []
+    for _ in range(rounds):
+        picked = rng.choices(seeds, k=len(seeds))
+        # Relabel the draws 0..k-1 so that a seed drawn twice counts twice in the means.
+        ratio = pooled_ratio(*({i: runs[s] for i, s in enumerate(picked)} for runs in (reference, baseline, method)))
+        if ratio is not None:
+            draws.append(ratio)
+    if not draws:
+        return point, math.nan, math.nan
+    draws.sort()
+    tail = (1.0 - level) / 2.0
+    return point, draws[int(tail * (len(draws) - 1))], draws[int((1.0 - tail) * (len(draws) - 1))]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from curves import bootstrap_median, cost_to_reach, cumulative_useful, isotonic, paired_ratios  # noqa: E402
+from curves import (bootstrap_median, bootstrap_pooled_ratio, cost_to_reach, cumulative_useful, isotonic,  # noqa: E402
+                    paired_ratios, pooled_ratio, seed_mean_curve)
 
 
 def test_isotonic_is_the_closest_non_decreasing_fit(seed):
@@ -68,6 +69,59 @@ def test_bootstrap_interval_holds_the_median(seed):
     values = [rng.lognormvariate(0, 0.3) for _ in range(7)]
     median, low, high = bootstrap_median(values, rounds=2000, seed=seed)
     assert median == statistics.median(values) and min(values) <= low <= median <= high <= max(values)
+
+
+def _rising_runs(rng: random.Random, seeds: int, evaluations: int) -> dict:
+    """Per seed, {iteration: (samples, accuracy)} rising from one start (the runs of one method)."""
+    runs = {}
+    for s in range(seeds):
+        accs = [0.2]
+        for _ in range(evaluations - 1):
+            accs.append(accs[-1] + rng.uniform(0.001, 0.05))
+        runs[s] = {5 * i: (256.0 * 5 * i * rng.uniform(0.9, 1.1) if i else 0.0, a) for i, a in enumerate(accs)}
+    return runs
+
+
+def test_seed_mean_curve_averages_the_evaluations_every_run_has(seed):
+    rng = random.Random(seed)
+    runs = list(_rising_runs(rng, rng.randint(1, 5), rng.randint(2, 6)).values())
+    longest = max(runs, key=len)
+    extra = max(longest) + 5
+    longest[extra] = (1e9, 1.0)                                 # one run evaluated once more: not averaged
+    costs, accs = seed_mean_curve(runs)
+    shared = sorted(set.intersection(*(set(r) for r in runs)))
+    assert len(costs) == len(accs) == len(shared) and (len(runs) == 1 or extra not in shared)
+    for i, it in enumerate(shared):
+        assert costs[i] == pytest.approx(sum(r[it][0] for r in runs) / len(runs))
+        assert accs[i] == pytest.approx(sum(r[it][1] for r in runs) / len(runs))
+
+
+def test_a_method_at_the_references_accuracy_for_a_kth_of_the_cost_is_k_times_cheaper_pooled(seed):
+    """The seed-averaged reading, checked where the answer is known: a method whose every run is
+    the reference's at cost / k reaches the reference's mean final at 1/k of its cost, on every
+    bootstrap draw too."""
+    rng = random.Random(seed)
+    reference = _rising_runs(rng, rng.randint(1, 6), rng.randint(3, 7))
+    k = rng.uniform(0.3, 4.0)
+    method = {s: {it: (cost / k, acc) for it, (cost, acc) in run.items()} for s, run in reference.items()}
+    assert pooled_ratio(reference, reference, method) == pytest.approx(k)
+    ratio, low, high = bootstrap_pooled_ratio(reference, reference, method, rounds=200, seed=seed)
+    assert (ratio, low, high) == pytest.approx((k, k, k))
+    assert bootstrap_pooled_ratio(reference, reference, reference, rounds=50) == pytest.approx((1.0, 1.0, 1.0))
+
+
+def test_pooled_ratio_gives_no_credit_to_a_mean_curve_that_falls_short():
+    reference = {0: {0: (0.0, 0.2), 5: (100.0, 0.3), 10: (200.0, 0.4)},       # mean final 0.35 (last two)
+                 1: {0: (0.0, 0.2), 5: (100.0, 0.3), 10: (200.0, 0.4)}}
+    short = {0: {0: (0.0, 0.2), 5: (50.0, 0.5), 10: (100.0, 0.5)},          # seed 0 alone would get there...
+             1: {0: (0.0, 0.2), 5: (50.0, 0.1), 10: (100.0, 0.2)}}          # ...the mean (0.35) only at its end
+    assert pooled_ratio(reference, reference, short) == pytest.approx(150.0 / 100.0)
+    short[1][10] = (100.0, 0.19)
+    assert pooled_ratio(reference, reference, short) == 0.0
+    flat = {s: {it: (c, 0.5) for it, (c, _) in run.items()} for s, run in reference.items()}
+    assert pooled_ratio(reference, reference, flat) is None               # there from its start: says nothing
+    assert pooled_ratio(reference, short, reference) is None              # the baseline never gets there
+    assert pooled_ratio(reference, reference, {7: reference[0]}) is None  # no seed in common
 
 
 def test_the_tuned_baseline_is_the_best_uniform_over_shared_seeds_and_scores_every_arm():
