@@ -352,13 +352,10 @@ def report(args, summary: dict) -> list[str]:
                   "useful samples: ratio | reached | final acc (mean +- se) | useful fraction | R_pred |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for method, r in s["methods"].items():
-            med, lo, hi = r["ratio_samples"]
-            smed, slo, shi = r["ratio_seconds"]
-            umed, ulo, uhi = r["ratio_useful"]
             fin, se = r["final"]
-            lines.append(f"| {method} | {r['samples_per_iteration']:.0f} | {med:.2f}x ({lo:.2f}-{hi:.2f}) | "
-                         f"{smed:.2f}x ({slo:.2f}-{shi:.2f}) | {umed:.2f}x ({ulo:.2f}-{uhi:.2f}) | {r['reached']}/{r['runs']} | {fin:.3f} +- {se:.3f} | "
-                         f"{r['useful_fraction']:.2f} | {r['R_pred']:.2f} |")
+            lines.append(f"| {method} | {r['samples_per_iteration']:.0f} | {_ratio_text(r['ratio_samples'])} | "
+                         f"{_ratio_text(r['ratio_seconds'])} | {_ratio_text(r['ratio_useful'])} | {r['reached']}/{r['runs']} | "
+                         f"{fin:.3f} +- {se:.3f} | {r['useful_fraction']:.2f} | {r['R_pred']:.2f} |")
         lines += ["", f"Seed-averaged curves: one target, {args.reference}'s mean final {s['mean_target']:.4f}, "
                       "reached on each method's curve averaged over its seeds (bootstrap over seeds, paired)", "",
                   f"| method | samples to target: ratio to {args.reference} (95% CI) | seconds: ratio |", "|---|---|---|"]

@@ -90,9 +90,15 @@ def bootstrap_median(values: Sequence[float], *, rounds: int = 10000, level: flo
     if not values:
         return math.nan, math.nan, math.nan
     rng = random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(rounds))
+    medians = [statistics.median(rng.choices(values, k=len(values))) for _ in range(rounds)]
+    return (statistics.median(values), *percentile_interval(medians, level))
+
+
+def percentile_interval(draws: Sequence[float], level: float) -> tuple[float, float]:
+    """(low, high): the central `level` share of bootstrap draws."""
+    draws = sorted(draws)
     tail = (1.0 - level) / 2.0
-    return (statistics.median(values), medians[int(tail * (rounds - 1))], medians[int((1.0 - tail) * (rounds - 1))])
+    return draws[int(tail * (len(draws) - 1))], draws[int((1.0 - tail) * (len(draws) - 1))]
 
 
 def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
@@ -122,7 +128,7 @@ def pooled_ratio(reference: Runs, baseline: Runs, method: Runs) -> float | None:
     curve (monotone fit). 0 when the method's mean curve never gets there (no credit, as
     paired_ratios); None when the ratio says nothing about cost (the baseline never gets there, or
     one of them is there at its start). Seeds are those all three ran."""
-    seeds = sorted(set(reference) & set(baseline) & set(method))
+    seeds = _shared_seeds(reference, baseline, method)
     if not seeds:
         return None
     _, ref_accs = seed_mean_curve([reference[s] for s in seeds])
@@ -139,7 +145,7 @@ def bootstrap_pooled_ratio(reference: Runs, baseline: Runs, method: Runs, *, rou
     """(ratio, low, high): pooled_ratio on the seeds run, and a percentile bootstrap interval over
     seeds resampled with replacement, the same draw for all three (paired). A resample whose
     ratio says nothing about cost is left out; nan when no ratio exists."""
-    seeds = sorted(set(reference) & set(baseline) & set(method))
+    seeds = _shared_seeds(reference, baseline, method)
     point = pooled_ratio(reference, baseline, method)
     if point is None:
         return math.nan, math.nan, math.nan
@@ -153,6 +159,9 @@ def bootstrap_pooled_ratio(reference: Runs, baseline: Runs, method: Runs, *, rou
             draws.append(ratio)
     if not draws:
         return point, math.nan, math.nan
-    draws.sort()
-    tail = (1.0 - level) / 2.0
-    return point, draws[int(tail * (len(draws) - 1))], draws[int((1.0 - tail) * (len(draws) - 1))]
+    return (point, *percentile_interval(draws, level))
+
+
+def _shared_seeds(*runs: Runs) -> list[int]:
+    """The seeds every one of `runs` has, in order."""
+    return sorted(set.intersection(*(set(r) for r in runs)))
