@@ -60,7 +60,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from curves import (bootstrap_median, bootstrap_pooled_ratio, cost_to_reach, cumulative_useful, final_accuracy,  # noqa: E402
-                    mean_and_se, paired_ratios, seed_mean_curve)
+                    mean_and_se, paired_ratios, ratio_text, seed_mean_curve)
 from harness import REWEIGHTED, RESULTS_DIR, append_results, machine_name, reweighted  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -353,30 +353,25 @@ def report(args, summary: dict) -> list[str]:
                   "|---|---|---|---|---|---|---|---|---|"]
         for method, r in s["methods"].items():
             fin, se = r["final"]
-            lines.append(f"| {method} | {r['samples_per_iteration']:.0f} | {_ratio_text(r['ratio_samples'])} | "
-                         f"{_ratio_text(r['ratio_seconds'])} | {_ratio_text(r['ratio_useful'])} | {r['reached']}/{r['runs']} | "
+            lines.append(f"| {method} | {r['samples_per_iteration']:.0f} | {ratio_text(r['ratio_samples'])} | "
+                         f"{ratio_text(r['ratio_seconds'])} | {ratio_text(r['ratio_useful'])} | {r['reached']}/{r['runs']} | "
                          f"{fin:.3f} +- {se:.3f} | {r['useful_fraction']:.2f} | {r['R_pred']:.2f} |")
         lines += ["", f"Seed-averaged curves: one target, {args.reference}'s mean final {s['mean_target']:.4f}, "
                       "reached on each method's curve averaged over its seeds (bootstrap over seeds, paired)", "",
                   f"| method | samples to target: ratio to {args.reference} (95% CI) | seconds: ratio |", "|---|---|---|"]
         for method, r in s["methods"].items():
-            lines.append(f"| {method} | {_ratio_text(r['pooled_samples'])} | {_ratio_text(r['pooled_seconds'])} |")
+            lines.append(f"| {method} | {ratio_text(r['pooled_samples'])} | {ratio_text(r['pooled_seconds'])} |")
         for name, v in s["versus"].items():
             med, lo, hi = v["ratio"]
             lines += ["", f"{name}, paired: {med:.2f}x fewer samples to the target ({lo:.2f}-{hi:.2f}; per seed "
                           f"{', '.join(f'{x:.2f}' for x in v['per_seed'].values())}); seed-averaged curves: "
-                          f"{_ratio_text(v['pooled'])}"]
+                          f"{ratio_text(v['pooled'])}"]
         if s["per_step"]:
             mean, se = s["per_step"]["mean_se"]
             lines += ["", f"uniform2x - uniform at equal iterations: {mean:+.4f} +- {se:.4f} held-out accuracy "
                           f"(per seed: {', '.join(f'{g:+.3f}' for g in s['per_step']['per_seed'])})"]
         lines.append("")
     return lines
-
-
-def _ratio_text(ratio: tuple[float, float, float]) -> str:
-    value, low, high = ratio
-    return f"{value:.2f}x ({low:.2f}-{high:.2f})"
 
 
 def plot(summary_curves: dict, path: Path) -> None:

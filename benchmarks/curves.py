@@ -162,6 +162,12 @@ def bootstrap_pooled_ratio(reference: Runs, baseline: Runs, method: Runs, *, rou
     return (point, *percentile_interval(draws, level))
 
 
+def ratio_text(ratio: tuple[float, float, float]) -> str:
+    """A ratio with its interval, as the reports print it: "1.62x (1.03-2.30)"."""
+    value, low, high = ratio
+    return f"{value:.2f}x ({low:.2f}-{high:.2f})"
+
+
 def _shared_seeds(*runs: Runs) -> list[int]:
     """The seeds every one of `runs` has, in order."""
     return sorted(set.intersection(*(set(r) for r in runs)))

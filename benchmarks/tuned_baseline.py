@@ -29,7 +29,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from curves import bootstrap_median, cost_to_reach, final_accuracy, mean_and_se, paired_ratios  # noqa: E402
+from curves import (bootstrap_median, bootstrap_pooled_ratio, cost_to_reach, final_accuracy, mean_and_se,  # noqa: E402
+                    paired_ratios, ratio_text)
 from harness import RESULTS_DIR, append_results, machine_name  # noqa: E402
 
 Curve = list[tuple[float, float]]      # (generated samples, held-out accuracy) at each evaluation
@@ -118,10 +119,18 @@ def best_baseline(arms: dict[str, dict[int, Curve]], baselines: list[str], *,
     return best, seeds, candidates
 
 
+def by_evaluation(by_seed: dict[int, Curve]) -> dict[int, dict[int, tuple[float, float]]]:
+    """{seed: {evaluation index: (samples, accuracy)}}: the runs as curves.seed_mean_curve reads them."""
+    return {seed: dict(enumerate(curve)) for seed, curve in by_seed.items()}
+
+
 def score(arms: dict[str, dict[int, Curve]], baseline: str) -> dict:
     """Per arm: per-seed ratios (baseline's samples to its final / the arm's), their median and
-    interval, how many seeds reached the target, and the final accuracy."""
+    interval, how many seeds reached the target, the final accuracy, and the seed-averaged reading
+    (curves.bootstrap_pooled_ratio: the baseline's mean curve's final, reached on each one's mean
+    curve), which one seed's noisy final cannot zero."""
     base = arms[baseline]
+    base_runs = by_evaluation(base)
     targets = {s: final_of(c) for s, c in base.items()}
     base_cost = {s: samples_to(c, targets[s]) for s, c in base.items()}
     out = {}
@@ -131,7 +140,8 @@ def score(arms: dict[str, dict[int, Curve]], baseline: str) -> dict:
         ratios = paired_ratios({s: base_cost[s] for s in seeds}, reach)
         out[label] = {"per_seed": ratios, "ratio": bootstrap_median(list(ratios.values())),
                       "reached": sum(r is not None for r, _ in reach.values()), "seeds": seeds,
-                      "final": mean_and_se([final_of(by_seed[s]) for s in seeds])}
+                      "final": mean_and_se([final_of(by_seed[s]) for s in seeds]),
+                      "pooled": bootstrap_pooled_ratio(base_runs, base_runs, by_evaluation(by_seed))}
     return out
 
 
@@ -142,13 +152,13 @@ def report(summary: dict) -> list[str]:
                   f"Baseline: **{s['baseline']}**, the highest mean final accuracy of the "
                   f"{'/'.join(s['candidates'])} arms over seeds {s['selection_seeds']}.", "",
                   "| arm | seeds | samples to the baseline's final: ratio (median, 95% CI) | reached | "
-                  "final acc (mean +- se) | per seed |", "|---|---|---|---|---|---|"]
+                  "seed-averaged: ratio (95% CI) | final acc (mean +- se) | per seed |", "|---|---|---|---|---|---|---|"]
         for label, r in s["arms"].items():
-            med, lo, hi = r["ratio"]
             fin, se = r["final"]
             per_seed = ", ".join(f"{x:.2f}" for x in r["per_seed"].values())
-            lines.append(f"| {label} | {len(r['seeds'])} | {med:.2f}x ({lo:.2f}-{hi:.2f}) | "
-                         f"{r['reached']}/{len(r['seeds'])} | {fin:.3f} +- {se:.3f} | {per_seed} |")
+            lines.append(f"| {label} | {len(r['seeds'])} | {ratio_text(r['ratio'])} | "
+                         f"{r['reached']}/{len(r['seeds'])} | {ratio_text(r['pooled'])} | "
+                         f"{fin:.3f} +- {se:.3f} | {per_seed} |")
         lines += [f"Left out, not paired with its seed's other runs (accuracy before RL {start:.4f}, theirs "
                   f"{common:.4f}): {label} seed {seed}." for label, seed, start, common in s["left_out"]]
         lines.append("")

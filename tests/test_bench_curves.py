@@ -145,6 +145,9 @@ def test_the_tuned_baseline_is_the_best_uniform_over_shared_seeds_and_scores_eve
     assert scored["screened lr 0.0004"]["per_seed"] == {0: 2.0, 1: 0.0}       # seed 1 never gets there
     assert scored["screened lr 0.0004"]["reached"] == 1
     assert scored["uniform lr 0.0002"]["seeds"] == [0, 1]                      # only seeds the baseline ran
+    # Seed-averaged: the screened mean curve (evaluations both seeds have) stops at 0.275 < 0.35
+    assert scored["screened lr 0.0004"]["pooled"][0] == 0.0
+    assert scored["uniform lr 0.0004"]["pooled"][0] == 1.0
 
 
 def test_a_baseline_scored_against_itself_is_level_on_every_seed(seed):
@@ -156,7 +159,9 @@ def test_a_baseline_scored_against_itself_is_level_on_every_seed(seed):
         for _ in range(rng.randint(2, 8)):
             accs.append(accs[-1] + rng.uniform(0.001, 0.05))           # rising: the target lies above the start
         curves[s] = [(100.0 * i, a) for i, a in enumerate(accs)]
-    assert set(score({"uniform lr 1": curves}, "uniform lr 1")["uniform lr 1"]["per_seed"].values()) == {1.0}
+    scored = score({"uniform lr 1": curves}, "uniform lr 1")["uniform lr 1"]
+    assert set(scored["per_seed"].values()) == {1.0}
+    assert scored["pooled"] == (1.0, 1.0, 1.0)
 
 
 def test_runs_that_start_elsewhere_than_their_seed_are_not_paired(seed):
