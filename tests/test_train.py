@@ -32,13 +32,14 @@ EVAL_PROMPTS, EVAL_K = 200, 16
 WARMSTART_STEPS = 900
 # The built-in default (task, learning rate, 20 iterations) with the paper's GVM sampler (its audit
 # is checked below), evaluation before and after only, at 16 samples per prompt so that the paired
-# before/after difference has a standard error of about 0.01. The warm-started model misreads
-# digits and RL removes the slips: on 2 CPU cores this run went 0.287 -> 0.387 (two ranks, avg@16).
-# The warm start is longer than the default's 600 steps, because RL's gain here depends on where it
-# starts. At 600 steps the warm start's accuracy spreads with the seed (one process, avg@16, five
-# seeds: 0.19 to 0.32), and from the weakest (module seed 499421996: 0.155 on two ranks) RL stayed
-# level for 20 iterations. At 900 steps five seeds start at 0.235 to 0.302 (that one at 0.298, and
-# 0.317 -> 0.357 on two ranks), and RL from the lowest, 0.235, reached 0.302 (one process).
+# before/after difference has a standard error of about 0.01. The warm-started model misreads digits
+# and RL removes the slips: on 2 CPU cores, with the default's 600-step warm start, this run went
+# 0.287 -> 0.387 (two ranks, avg@16). The warm start here is longer, because RL's gain depends on
+# where it starts. At 600 steps the warm start's accuracy spreads with the seed (one process,
+# avg@16, five seeds: 0.19 to 0.32), and from the weakest (module seed 499421996: 0.155 on two
+# ranks) RL stayed level for 20 iterations. At 900 steps five seeds start at 0.235 to 0.302 (that
+# one at 0.298, and 0.317 -> 0.357 on two ranks), and RL from the lowest, 0.235, reached 0.302 (one
+# process).
 SMALL = [f"seed={SEED}", f"iterations={ITERATIONS}", "checkpoint_every=10", "log.progress=false",
          f"warmstart.steps={WARMSTART_STEPS}",
          f"task.num_eval={EVAL_PROMPTS}", f"eval.k={EVAL_K}", f"data.prompts_per_iteration={PROMPTS}",
