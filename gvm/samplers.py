@@ -407,7 +407,7 @@ class ScreenedSampler(Sampler):
     def _chances(self, prompts: list[Prompt], iteration: int) -> np.ndarray:
         return screen_chances(self.ctx.stats, [p.key for p in prompts], iteration, decay=self.cfg.history_decay,
                               prior=self.cfg.prior, n=self.cfg.n_per_prompt,
-                              screen_out=self._screen_out)
+                              screen_out=self._screen_out, max_rate=self.cfg.screen_max_rate)
 
 
 def _groups(batch: RolloutBatch) -> list[tuple[Prompt, list, list]]:
@@ -421,13 +421,15 @@ def _batch_of(groups: list[tuple[Prompt, list, list]], accept_threshold: float) 
 
 
 def screen_chances(stats: PromptStats, keys: list[int], iteration: int, *, decay: float, prior: float, n: int,
-                   screen_out: str) -> np.ndarray:
+                   screen_out: str, max_rate: float = 1.0) -> np.ndarray:
     """The screened sampler's rule: a visit of each prompt (its history fades by `decay`), then the
-    posterior chance that its n samples are not what `screen_out` skips (gvm.stats.prob_kept);
-    1 for a prompt without history (nothing to screen on). benchmarks/screen_replay.py replays it
-    over a uniform run's audit log."""
+    posterior chance that its n samples are not what `screen_out` skips (gvm.stats.prob_kept), 0
+    where the posterior mean acceptance rate is above `max_rate` (nearly solved); 1 for a prompt
+    without history (nothing to screen on). benchmarks/screen_replay.py replays it over a uniform
+    run's audit log."""
     _, s, f = visit_history(stats, keys, iteration, decay)
     chance = prob_kept(s, f, np.full(len(keys), n), prior=prior, screen_out=screen_out)
+    chance = np.where(posterior_mean(s, f, prior=prior) > max_rate, 0.0, chance)
     return np.where(s + f > 0, chance, 1.0)
 
 

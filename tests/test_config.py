@@ -98,6 +98,7 @@ def test_saved_config_loads_back_equal(tmp_path, rng):
     ("sampler.stats_ema=1.0", "sampler.stats_ema", "[0, 1)"),
     ("sampler.zero_accept=drop", "sampler.zero_accept", "must be one of"),
     ("sampler.screen_min_useful=1.5", "sampler.screen_min_useful", "[0, 1]"),
+    ("sampler.screen_max_rate=0", "sampler.screen_max_rate", "(0, 1]"),
     ("sampler.screen_max_draws=0", "sampler.screen_max_draws", ">= 1"),
     ("sampler.screen_probe=-1", "sampler.screen_probe", ">= 0"),
     ("algorithm=ppo", "algorithm", "must be one of"),

@@ -11,7 +11,8 @@ from _tiny_runs import QUIET, TASK, TRAIN, run_script
 
 from gvm.allocation import allocate
 from gvm.config import load_config
-from gvm.stats import prob_kept
+from gvm.samplers import screen_chances
+from gvm.stats import PromptStats, posterior_mean, prob_kept
 
 pytest.importorskip("deepspeed")
 
@@ -127,6 +128,33 @@ def test_screened_skips_exactly_the_prompts_its_posterior_rule_screens_out(tmp_p
             history[key][0] += accepted
             history[key][1] += N - accepted
     assert all(not a["skipped"] for a in audits[:2])                           # first visits: nothing to screen on
+
+
+def test_screen_max_rate_zeroes_exactly_the_nearly_solved_prompts(seed):
+    # Random decayed histories: a prompt whose posterior mean (after this visit's fade) is above
+    # max_rate gets chance 0, every other one what the rule without max_rate gives; no history: 1.
+    rng = np.random.default_rng(seed)
+    keys, decay, prior = list(range(40)), float(rng.uniform(0.3, 1.0)), float(rng.uniform(0.2, 1.0))
+    max_rate = float(rng.uniform(0.55, 0.75))
+    histories = []
+    for _ in range(2):                                  # two identical tables: one read with max_rate, one without
+        stats = PromptStats()
+        stats.visit(keys[:30], 0, decay)                # 10 prompts never seen
+        histories.append(stats)
+    succ, fail = rng.integers(0, 9, size=30), rng.integers(0, 9, size=30)
+    succ[:3], fail[:3] = 8, 0                           # 8 of 8: posterior mean >= 0.77 at decay 0.3, prior 1
+    for stats in histories:
+        stats.count_outcomes(keys[:30], succ, fail)
+    with_cap = screen_chances(histories[0], keys, 1, decay=decay, prior=prior, n=8, screen_out="agreeing",
+                              max_rate=max_rate)
+    without = screen_chances(histories[1], keys, 1, decay=decay, prior=prior, n=8, screen_out="agreeing")
+    mean = posterior_mean(decay * succ, decay * fail, prior=prior)
+    nearly_solved = np.concatenate([mean > max_rate, np.zeros(10, bool)])
+    print(f"seed {seed}: {int(nearly_solved.sum())} of 30 nearly solved at max_rate {max_rate:.3f}")
+    assert nearly_solved[:3].all() and not nearly_solved.all()
+    assert np.all(with_cap[nearly_solved] == 0.0)
+    assert np.allclose(with_cap[~nearly_solved], without[~nearly_solved])
+    assert np.all(with_cap[30:] == 1.0)
 
 
 def test_screened_fills_the_batch_when_every_draw_is_screened_out(tmp_path, warm_model, seed):
