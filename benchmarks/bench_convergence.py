@@ -60,7 +60,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from curves import (bootstrap_median, bootstrap_pooled_ratio, cost_to_reach, cumulative_useful, final_accuracy,  # noqa: E402
-                    mean_and_se, paired_ratios, ratio_text, seed_mean_curve)
+                    mean_and_se, paired_ratios, pooled_ratio_missing, ratio_text, seed_mean_curve)
 from harness import REWEIGHTED, RESULTS_DIR, append_results, machine_name, reweighted  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -326,7 +326,9 @@ def head_to_head(args, reach: dict, sample_runs: dict) -> dict:
                                {s: (r["samples"], r["total_samples"]) for s, r in reach[method].items()})
         out[f"{method} vs {base}"] = {"per_seed": ratios, "ratio": bootstrap_median(list(ratios.values())),
                                       "pooled": bootstrap_pooled_ratio(sample_runs[args.reference], sample_runs[base],
-                                                                       sample_runs[method])}
+                                                                       sample_runs[method]),
+                                      "pooled_missing": pooled_ratio_missing(sample_runs[args.reference],
+                                                                             sample_runs[base], sample_runs[method])}
     return out
 
 
@@ -365,7 +367,7 @@ def report(args, summary: dict) -> list[str]:
             med, lo, hi = v["ratio"]
             lines += ["", f"{name}, paired: {med:.2f}x fewer samples to the target ({lo:.2f}-{hi:.2f}; per seed "
                           f"{', '.join(f'{x:.2f}' for x in v['per_seed'].values())}); seed-averaged curves: "
-                          f"{ratio_text(v['pooled'])}"]
+                          f"{ratio_text(v['pooled'], v['pooled_missing'] or 'no ratio')}"]
         if s["per_step"]:
             mean, se = s["per_step"]["mean_se"]
             lines += ["", f"uniform2x - uniform at equal iterations: {mean:+.4f} +- {se:.4f} held-out accuracy "

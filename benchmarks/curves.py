@@ -122,6 +122,19 @@ def seed_mean_curve(runs: Sequence[dict[int, tuple[float, float]]]) -> tuple[lis
             [statistics.fmean(r[it][1] for r in runs) for it in iterations])
 
 
+def pooled_ratio_missing(reference: Runs, baseline: Runs, method: Runs) -> str | None:
+    """Why pooled_ratio gives no ratio, in the words a report prints; None when it gives one."""
+    if pooled_ratio(reference, baseline, method) is not None:
+        return None
+    seeds = _shared_seeds(reference, baseline, method)
+    if not seeds:
+        return "no seed in common"
+    target = final_accuracy(seed_mean_curve([reference[s] for s in seeds])[1])
+    if cost_to_reach(*seed_mean_curve([baseline[s] for s in seeds]), target) is None:
+        return f"the baseline's seed-averaged curve never reaches the target ({target:.4f})"
+    return "a seed-averaged curve is at the target from its start"
+
+
 def pooled_ratio(reference: Runs, baseline: Runs, method: Runs) -> float | None:
     """baseline cost / method cost to one target: the final accuracy (mean of the last two
     evaluations) of the reference's seed-averaged curve, reached on each one's seed-averaged
@@ -162,9 +175,12 @@ def bootstrap_pooled_ratio(reference: Runs, baseline: Runs, method: Runs, *, rou
     return (point, *percentile_interval(draws, level))
 
 
-def ratio_text(ratio: tuple[float, float, float]) -> str:
-    """A ratio with its interval, as the reports print it: "1.62x (1.03-2.30)"."""
+def ratio_text(ratio: tuple[float, float, float], missing: str = "no ratio") -> str:
+    """A ratio with its interval, as the reports print it: "1.62x (1.03-2.30)"; "none: `missing`"
+    where there is no ratio (nan)."""
     value, low, high = ratio
+    if math.isnan(value):
+        return f"none: {missing}"
     return f"{value:.2f}x ({low:.2f}-{high:.2f})"
 
 

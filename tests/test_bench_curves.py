@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from curves import (bootstrap_median, bootstrap_pooled_ratio, cost_to_reach, cumulative_useful, isotonic,  # noqa: E402
-                    paired_ratios, pooled_ratio, seed_mean_curve)
+                    paired_ratios, pooled_ratio, pooled_ratio_missing, ratio_text, seed_mean_curve)
 
 
 def test_isotonic_is_the_closest_non_decreasing_fit(seed):
@@ -122,6 +122,14 @@ def test_pooled_ratio_gives_no_credit_to_a_mean_curve_that_falls_short():
     assert pooled_ratio(reference, reference, flat) is None               # there from its start: says nothing
     assert pooled_ratio(reference, short, reference) is None              # the baseline never gets there
     assert pooled_ratio(reference, reference, {7: reference[0]}) is None  # no seed in common
+    # and the report says why in words, not "nanx (nan-nan)"
+    assert pooled_ratio_missing(reference, reference, short) is None
+    assert pooled_ratio_missing(reference, short, reference) == ("the baseline's seed-averaged curve never "
+                                                                 "reaches the target (0.3500)")
+    assert pooled_ratio_missing(reference, reference, flat) == "a seed-averaged curve is at the target from its start"
+    assert pooled_ratio_missing(reference, reference, {7: reference[0]}) == "no seed in common"
+    assert ratio_text((float("nan"),) * 3, "why") == "none: why"
+    assert ratio_text((1.5, 1.25, 2.0)) == "1.50x (1.25-2.00)"
 
 
 def test_the_tuned_baseline_is_the_best_uniform_over_shared_seeds_and_scores_every_arm():
