@@ -56,6 +56,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -146,11 +147,17 @@ def sampler_of(method: str) -> str:
 
 
 def method_overrides(args, method: str) -> list[str]:
-    """The sampler settings of a method (the rest is common to all)."""
-    method, _, variant = method.partition(VARIANT)
+    """The sampler settings of a method without its variant (the rest is common to all)."""
+    method = method.partition(VARIANT)[0]
     base = method.removesuffix(REPLAYED)
     return (reweighted(base, lambda name: _base_overrides(args, name))
-            + (["sampler.replay=1"] if method.endswith(REPLAYED) else []) + args.variants.get(variant, []))
+            + (["sampler.replay=1"] if method.endswith(REPLAYED) else []))
+
+
+def variant_overrides(args, method: str) -> list[str]:
+    """The overrides of a <method>~NAME's --variant NAME (none for a method without one): applied
+    last, after --extra, so a variant can change a setting --extra gives every run."""
+    return args.variants.get(method.partition(VARIANT)[2], [])
 
 
 def _base_overrides(args, method: str) -> list[str]:
@@ -206,7 +213,15 @@ def _command(args, overrides: list[str]) -> list[str]:
     return [sys.executable, str(TRAIN), *overrides]
 
 
-def run(args, name: str, overrides: list[str], iterations: int) -> Path:
+def run_overrides(args, name: str, overrides: list[str], iterations: int, last: Sequence[str] = (),
+                  resume: Sequence[str] = ()) -> list[str]:
+    """gvm/train.py's key=value overrides for one run; a later one wins: the run's own, then
+    --extra, then `last` (a method's --variant)."""
+    return [f"run_root={args.root}", f"name={name}", "log.progress=false", *(resume or ["overwrite=true"]),
+            *overrides, *args.extra, *last, f"iterations={iterations}"]
+
+
+def run(args, name: str, overrides: list[str], iterations: int, last: Sequence[str] = ()) -> Path:
     """One training run of `iterations` (reused when its summary exists; a shorter one is resumed
     to the new length: the benchmark continues where it stopped)."""
     run_dir = Path(args.root) / name
@@ -221,9 +236,7 @@ def run(args, name: str, overrides: list[str], iterations: int) -> Path:
     log_path = Path(args.root) / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a" if resume else "w") as log:
-        proc = subprocess.run(_command(args, [f"run_root={args.root}", f"name={name}", "log.progress=false",
-                                              *(resume or ["overwrite=true"]), *overrides, *args.extra,
-                                              f"iterations={iterations}"]),
+        proc = subprocess.run(_command(args, run_overrides(args, name, overrides, iterations, last, resume)),
                               stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed (exit {proc.returncode}); see {log_path}")
@@ -426,7 +439,7 @@ def main(argv=None) -> dict:
                 every = max(1, round(args.eval_every * iterations / args.iterations))
                 run_dir = run(args, f"{algorithm}-{method}-seed{seed}",
                               [*common, f"seed={seed}", f"algorithm={algorithm}", *method_overrides(args, method),
-                               f"eval.every={every}"], iterations)
+                               f"eval.every={every}"], iterations, last=variant_overrides(args, method))
                 rows[algorithm][method][seed] = rows_of(run_dir)
                 curves[algorithm][method][seed] = curve(rows[algorithm][method][seed])
     summary = summarise(args, curves, rows)

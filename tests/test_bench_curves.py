@@ -190,7 +190,7 @@ def test_runs_that_start_elsewhere_than_their_seed_are_not_paired(seed):
 
 
 def test_method_names_parse_to_their_settings_and_bad_ones_are_refused():
-    from bench_convergence import iterations_of, method_overrides, parse_args
+    from bench_convergence import iterations_of, method_overrides, parse_args, run_overrides, variant_overrides
     args = parse_args(["--methods", "uniform,uniform-quarter-rp,screened@2x32-rp,gvm-iw-rp", "--iterations", "20"])
     assert parse_args(["--methods", "uniform@1x64,screened@1x128", "--reference", "uniform@1x64",
                        "--algorithms", "raft++"]).reference == "uniform@1x64"
@@ -202,8 +202,16 @@ def test_method_names_parse_to_their_settings_and_bad_ones_are_refused():
     assert iterations_of(parse_args(["--methods", "uniform,uniform@1x128", "--algorithms", "raft++"]), "uniform@1x128") == 80
     variant = parse_args(["--methods", "uniform,screened-quarter-rp~hold", "--variant",
                           "hold=sampler.history_decay=0.9;sampler.screen_out=agreeing"])
-    assert method_overrides(variant, "screened-quarter-rp~hold") == [
-        *method_overrides(variant, "screened-quarter-rp"), "sampler.history_decay=0.9", "sampler.screen_out=agreeing"]
+    assert method_overrides(variant, "screened-quarter-rp~hold") == method_overrides(variant, "screened-quarter-rp")
+    assert variant_overrides(variant, "screened-quarter-rp~hold") == ["sampler.history_decay=0.9",
+                                                                      "sampler.screen_out=agreeing"]
+    assert variant_overrides(variant, "screened-quarter-rp") == []
+    # a variant changes a setting --extra gives every run: it comes after it, and the last one wins
+    extra = parse_args(["--methods", "uniform,screened~fade", "--variant", "fade=sampler.history_decay=0.7",
+                        "--extra", "sampler.history_decay=0.9"])
+    keys = run_overrides(extra, "x", method_overrides(extra, "screened~fade"), 3,
+                         variant_overrides(extra, "screened~fade"))
+    assert [k for k in keys if k.startswith("sampler.history_decay=")][-1] == "sampler.history_decay=0.7"
     assert iterations_of(variant, "screened-quarter-rp~hold") == iterations_of(variant, "screened-quarter")
     for bad in (["--methods", "thompson-rp"], ["--methods", "uniform-rp-rp"], ["--methods", "uniform@0"],
                 ["--methods", "uniform,screened~nope"], ["--methods", "uniform", "--variant", "hold"],
