@@ -380,7 +380,7 @@ def report(args, summary: dict) -> list[str]:
             med, lo, hi = v["ratio"]
             lines += ["", f"{name}, paired: {med:.2f}x fewer samples to the target ({lo:.2f}-{hi:.2f}; per seed "
                           f"{', '.join(f'{x:.2f}' for x in v['per_seed'].values())}); seed-averaged curves: "
-                          f"{ratio_text(v['pooled'], v['pooled_missing'] or 'no ratio')}"]
+                          f"{ratio_text(v['pooled'], v['pooled_missing'])}"]
         if s["per_step"]:
             mean, se = s["per_step"]["mean_se"]
             lines += ["", f"uniform2x - uniform at equal iterations: {mean:+.4f} +- {se:.4f} held-out accuracy "

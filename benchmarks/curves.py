@@ -122,34 +122,44 @@ def seed_mean_curve(runs: Sequence[dict[int, tuple[float, float]]]) -> tuple[lis
             [statistics.fmean(r[it][1] for r in runs) for it in iterations])
 
 
-def pooled_ratio_missing(reference: Runs, baseline: Runs, method: Runs) -> str | None:
-    """Why pooled_ratio gives no ratio, in the words a report prints; None when it gives one."""
-    if pooled_ratio(reference, baseline, method) is not None:
-        return None
+def _pooled_costs(reference: Runs, baseline: Runs, method: Runs) -> tuple[float, float | None, float | None] | None:
+    """(target, baseline cost, method cost) on the seeds all three ran: the target is the final
+    accuracy (mean of the last two evaluations) of the reference's seed-averaged curve, each cost
+    where a seed-averaged curve reaches it (monotone fit; None: never). None without a shared seed."""
     seeds = _shared_seeds(reference, baseline, method)
     if not seeds:
-        return "no seed in common"
+        return None
     target = final_accuracy(seed_mean_curve([reference[s] for s in seeds])[1])
-    if cost_to_reach(*seed_mean_curve([baseline[s] for s in seeds]), target) is None:
+    return (target, cost_to_reach(*seed_mean_curve([baseline[s] for s in seeds]), target),
+            cost_to_reach(*seed_mean_curve([method[s] for s in seeds]), target))
+
+
+def _says_nothing(base_cost: float | None, method_cost: float | None) -> bool:
+    """The costs give no ratio about cost: the baseline never gets there, or one is there at its start."""
+    return base_cost is None or base_cost <= 0 or (method_cost is not None and method_cost <= 0)
+
+
+def pooled_ratio_missing(reference: Runs, baseline: Runs, method: Runs) -> str | None:
+    """Why pooled_ratio gives no ratio, in the words a report prints; None when it gives one."""
+    costs = _pooled_costs(reference, baseline, method)
+    if costs is None:
+        return "no seed in common"
+    target, base_cost, method_cost = costs
+    if not _says_nothing(base_cost, method_cost):
+        return None
+    if base_cost is None:
         return f"the baseline's seed-averaged curve never reaches the target ({target:.4f})"
     return "a seed-averaged curve is at the target from its start"
 
 
 def pooled_ratio(reference: Runs, baseline: Runs, method: Runs) -> float | None:
-    """baseline cost / method cost to one target: the final accuracy (mean of the last two
-    evaluations) of the reference's seed-averaged curve, reached on each one's seed-averaged
-    curve (monotone fit). 0 when the method's mean curve never gets there (no credit, as
-    paired_ratios); None when the ratio says nothing about cost (the baseline never gets there, or
-    one of them is there at its start). Seeds are those all three ran."""
-    seeds = _shared_seeds(reference, baseline, method)
-    if not seeds:
+    """baseline cost / method cost to one target (_pooled_costs). 0 when the method's mean curve
+    never gets there (no credit, as paired_ratios); None when the ratio says nothing about cost
+    (the baseline never gets there, or one of them is there at its start, or no shared seed)."""
+    costs = _pooled_costs(reference, baseline, method)
+    if costs is None or _says_nothing(*costs[1:]):
         return None
-    _, ref_accs = seed_mean_curve([reference[s] for s in seeds])
-    target = final_accuracy(ref_accs)
-    base_cost = cost_to_reach(*seed_mean_curve([baseline[s] for s in seeds]), target)
-    method_cost = cost_to_reach(*seed_mean_curve([method[s] for s in seeds]), target)
-    if base_cost is None or base_cost <= 0 or (method_cost is not None and method_cost <= 0):
-        return None
+    _, base_cost, method_cost = costs
     return base_cost / method_cost if method_cost is not None else 0.0
 
 
@@ -175,12 +185,12 @@ def bootstrap_pooled_ratio(reference: Runs, baseline: Runs, method: Runs, *, rou
     return (point, *percentile_interval(draws, level))
 
 
-def ratio_text(ratio: tuple[float, float, float], missing: str = "no ratio") -> str:
+def ratio_text(ratio: tuple[float, float, float], missing: str | None = None) -> str:
     """A ratio with its interval, as the reports print it: "1.62x (1.03-2.30)"; "none: `missing`"
-    where there is no ratio (nan)."""
+    (why there is none) where there is no ratio (nan)."""
     value, low, high = ratio
     if math.isnan(value):
-        return f"none: {missing}"
+        return f"none: {missing or 'no ratio'}"
     return f"{value:.2f}x ({low:.2f}-{high:.2f})"
 
 
