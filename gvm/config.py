@@ -43,6 +43,7 @@ from gvm.engines.base import SamplingConfig
 from gvm.engines.factory import AUTO, ENGINE_NAMES, ENGINE_REGISTRY
 from gvm.engines.mismatch import MismatchConfig
 from gvm.samplers import SAMPLER_NAMES as SAMPLERS
+from gvm.samplers import SCREEN_POOLS
 from gvm.stats import SCREEN_OUT
 from gvm.toy import TinyModelConfig
 from gvm.trainer_config import TrainerConfig
@@ -185,6 +186,13 @@ class SamplerConfig:
     screen_max_rate: float = 1.0         # a prompt with history whose posterior mean acceptance is above this is
                                          # skipped too (nearly solved: a third of screened GRPO's useful groups were
                                          # 6-7 of 8 accepted); 1: none skipped for that
+    screen_pool: str = "draws"           # "draws": prompts come in the stream's order and the first that pass the
+                                         # screen fill the batch (at most screen_max_draws x the batch drawn);
+                                         # "all": every training prompt is ranked each iteration by its chance and
+                                         # the likeliest fill the batch (each prompt's history fades every
+                                         # iteration: set history_decay near 1; screen_min_useful is not used)
+    screen_unseen_chance: float = 0.5    # screen_pool=all: the chance a prompt without history ranks at (first
+                                         # visits realised 0.28-0.30, as did the chances of 0.45-0.6 history gave)
 
     def __post_init__(self) -> None:
         require(self.kind in SAMPLERS, "sampler.kind", self.kind, f"must be one of {SAMPLERS}")
@@ -227,6 +235,11 @@ class SamplerConfig:
         require(self.screen_probe >= 0, "sampler.screen_probe", self.screen_probe, "must be >= 0 (0: no probe)")
         require(self.screen_out in (AUTO_OBJECTIVE, *SCREEN_OUT), "sampler.screen_out", self.screen_out,
                 f"must be one of {(AUTO_OBJECTIVE, *SCREEN_OUT)}")
+        require(self.screen_pool in SCREEN_POOLS, "sampler.screen_pool", self.screen_pool, f"must be one of {SCREEN_POOLS}")
+        require(0 <= self.screen_unseen_chance <= 1, "sampler.screen_unseen_chance", self.screen_unseen_chance,
+                "must lie in [0, 1]")
+        require(self.screen_probe == 0 or self.screen_pool == "draws", "sampler.screen_probe", self.screen_probe,
+                "needs sampler.screen_pool=draws (a probe is the first part of a drawn prompt's group); 0 turns it off")
 
     @property
     def reuses_pilot(self) -> bool:

@@ -340,6 +340,8 @@ class ScreenedSampler(Sampler):
     name = "screened"
 
     def collect(self, iteration: int) -> Collected:
+        if self.cfg.screen_pool == "all":
+            return self._collect_ranked(iteration)
         ctx, cfg, n, probe = self.ctx, self.cfg, self.cfg.n_per_prompt, self.cfg.screen_probe
         limit = min(cfg.screen_max_draws * self.size, max(self.size, len(ctx.stream.prompts)))
         chosen: list[Prompt] = []                        # sampled in full after the draws
@@ -382,6 +384,24 @@ class ScreenedSampler(Sampler):
             row.update(prompts_probed=probed, prompts_dropped=len(dropped))
         return Collected(batch, generated, counts, None, audit, row=row)
 
+    def _collect_ranked(self, iteration: int) -> Collected:
+        """screen_pool=all: every training prompt is a candidate, the batch is the likeliest to carry
+        gradient, and a prompt without history ranks at screen_unseen_chance. A prompt whose last
+        group was mixed comes back at the next iteration instead of waiting for its turn in the
+        stream, and first visits (a third of screened 8 x 32's samples, useful 0.28-0.30 of the
+        time) are spent only where no known prompt is likelier. Ties (the unseen ones) go in the
+        order of a fresh pass of the stream, so first visits still cover the prompts evenly."""
+        ctx, cfg = self.ctx, self.cfg
+        candidates = _distinct(ctx.stream.take(len(ctx.stream.prompts)))
+        order = np.argsort(-self._chances(candidates, iteration), kind="stable")
+        chosen = [candidates[i] for i in order[: self.size]]
+        skipped = [candidates[i].key for i in order[self.size:]]
+        batch = self._complete(chosen, [], cfg.n_per_prompt)
+        counts = np.array(batch.counts, dtype=np.int64)
+        audit = {"keys": [p.key for p in batch.prompts], "n": counts, "skipped": skipped}
+        row = {"prompts_drawn": len(candidates), "prompts_skipped": len(skipped)}
+        return Collected(batch, batch.num_samples, counts, None, audit, row=row)
+
     @property
     def _screen_out(self) -> str:
         return self.cfg.screen_out_for(self.ctx.cfg.algorithm)
@@ -407,7 +427,8 @@ class ScreenedSampler(Sampler):
     def _chances(self, prompts: list[Prompt], iteration: int) -> np.ndarray:
         return screen_chances(self.ctx.stats, [p.key for p in prompts], iteration, decay=self.cfg.history_decay,
                               prior=self.cfg.prior, n=self.cfg.n_per_prompt,
-                              screen_out=self._screen_out, max_rate=self.cfg.screen_max_rate)
+                              screen_out=self._screen_out, max_rate=self.cfg.screen_max_rate,
+                              unseen=self.cfg.screen_unseen_chance if self.cfg.screen_pool == "all" else 1.0)
 
 
 def _groups(batch: RolloutBatch) -> list[tuple[Prompt, list, list]]:
@@ -421,16 +442,22 @@ def _batch_of(groups: list[tuple[Prompt, list, list]], accept_threshold: float) 
 
 
 def screen_chances(stats: PromptStats, keys: list[int], iteration: int, *, decay: float, prior: float, n: int,
-                   screen_out: str, max_rate: float = 1.0) -> np.ndarray:
+                   screen_out: str, max_rate: float = 1.0, unseen: float = 1.0) -> np.ndarray:
     """The screened sampler's rule: a visit of each prompt (its history fades by `decay`), then the
     posterior chance that its n samples are not what `screen_out` skips (gvm.stats.prob_kept), 0
-    where the posterior mean acceptance rate is above `max_rate` (nearly solved); 1 for a prompt
-    without history (nothing to screen on). benchmarks/screen_replay.py replays it over a uniform
-    run's audit log."""
+    where the posterior mean acceptance rate is above `max_rate` (nearly solved); `unseen` for a
+    prompt without history (nothing to screen on: 1 takes it whenever drawn).
+    benchmarks/screen_replay.py replays it over a uniform run's audit log."""
     _, s, f = visit_history(stats, keys, iteration, decay)
     chance = prob_kept(s, f, np.full(len(keys), n), prior=prior, screen_out=screen_out)
     chance = np.where(posterior_mean(s, f, prior=prior) > max_rate, 0.0, chance)
-    return np.where(s + f > 0, chance, 1.0)
+    return np.where(s + f > 0, chance, unseen)
+
+
+def _distinct(prompts: list[Prompt]) -> list[Prompt]:
+    """The prompts without repeats, in order (a take across an epoch boundary can repeat one)."""
+    return list({p.key: p for p in prompts}.values())
 
 
 SAMPLER_NAMES = tuple(SAMPLERS)
+SCREEN_POOLS = ("draws", "all")         # sampler.screen_pool: where the screened sampler's candidates come from

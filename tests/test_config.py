@@ -101,6 +101,8 @@ def test_saved_config_loads_back_equal(tmp_path, rng):
     ("sampler.screen_max_rate=0", "sampler.screen_max_rate", "(0, 1]"),
     ("sampler.screen_max_draws=0", "sampler.screen_max_draws", ">= 1"),
     ("sampler.screen_probe=-1", "sampler.screen_probe", ">= 0"),
+    ("sampler.screen_pool=every", "sampler.screen_pool", "must be one of"),
+    ("sampler.screen_unseen_chance=1.5", "sampler.screen_unseen_chance", "[0, 1]"),
     ("algorithm=ppo", "algorithm", "must be one of"),
     ("iterations=-1", "iterations", ">= 0"),
     ("epochs=0", "epochs", ">= 1"),
@@ -128,6 +130,8 @@ def test_a_probe_must_leave_room_in_the_group():
     with pytest.raises(ConfigError, match=r"sampler\.screen_probe=1: must be >= 2 where the screen skips agreeing"):
         load_config(None, ["algorithm=grpo", "sampler.kind=screened", "sampler.screen_probe=1"])
     assert load_config(None, ["algorithm=grpo", "sampler.kind=screened", "sampler.screen_probe=2"]).sampler.screen_probe == 2
+    with pytest.raises(ConfigError, match=r"sampler\.screen_probe=2: needs sampler\.screen_pool=draws"):
+        load_config(None, ["algorithm=grpo", "sampler.kind=screened", "sampler.screen_probe=2", "sampler.screen_pool=all"])
     assert load_config(None, ["algorithm=raft++", "sampler.kind=screened", "sampler.screen_probe=1"]).sampler.screen_probe == 1
 
 

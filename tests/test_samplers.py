@@ -157,6 +157,44 @@ def test_screen_max_rate_zeroes_exactly_the_nearly_solved_prompts(seed):
     assert np.all(with_cap[30:] == 1.0)
 
 
+def test_screened_pool_all_trains_on_the_likeliest_of_every_prompt(tmp_path, warm_model, seed):
+    """sampler.screen_pool=all: each iteration every training prompt is a candidate (its history
+    fades), and the M sampled are those with the highest chance; a prompt without history ranks at
+    screen_unseen_chance. Replayed from the audits with the rule's own arithmetic."""
+    unseen = 0.5
+    rows, audits, run_dir = _run(tmp_path, warm_model, seed, "sampler.kind=screened", "algorithm=grpo",
+                                 "sampler.screen_pool=all", f"sampler.screen_unseen_chance={unseen}",
+                                 "sampler.history_decay=0.97")
+    sampler = load_config(run_dir / "config.yaml").sampler
+    history: dict[int, list[float]] = {}
+    for row, audit in zip(rows, audits):
+        keys, skipped = audit["keys"], audit["skipped"]
+        assert len(keys) == M and sorted(keys + skipped) == list(range(16))   # every training prompt, once
+        assert row["samples"] == N * M and audit["n"] == [N] * M
+        assert row["prompts_drawn"] == 16 and row["prompts_skipped"] == 16 - M
+        chance = {}
+        for key in keys + skipped:
+            s, f = [c * sampler.history_decay for c in history.get(key, [0.0, 0.0])]
+            history[key] = [s, f]
+            chance[key] = unseen if s + f == 0 else prob_kept([s], [f], [N], prior=sampler.prior,
+                                                               screen_out="agreeing")[0]
+        assert min(chance[k] for k in keys) >= max(chance[k] for k in skipped) - 1e-12
+        for key, accepted in zip(keys, audit["accepted"]):
+            history[key][0] += accepted
+            history[key][1] += N - accepted
+    print(f"seed {seed}: chances of the last iteration's sampled prompts {sorted(round(float(chance[k]), 3) for k in keys)}")
+
+
+def test_screen_chances_ranks_prompts_without_history_at_unseen(seed):
+    rng = np.random.default_rng(seed)
+    keys, unseen = list(range(12)), float(rng.uniform(0, 1))
+    stats = PromptStats()
+    stats.visit(keys[:6], 0, 0.9)
+    stats.count_outcomes(keys[:6], rng.integers(0, 5, size=6), rng.integers(0, 5, size=6) + 1)
+    chances = screen_chances(stats, keys, 1, decay=0.9, prior=0.5, n=4, screen_out="agreeing", unseen=unseen)
+    assert np.all(chances[6:] == unseen) and np.all((chances[:6] >= 0) & (chances[:6] <= 1))
+
+
 def test_screened_fills_the_batch_when_every_draw_is_screened_out(tmp_path, warm_model, seed):
     # A threshold no prompt with history meets: iteration 3 draws the 16 training prompts (the
     # draw limit: the training set) and the 8 most promising fill the batch, so the step keeps its size.
