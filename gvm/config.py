@@ -193,6 +193,11 @@ class SamplerConfig:
                                          # iteration: set history_decay near 1; screen_min_useful is not used)
     screen_unseen_chance: float = 0.5    # screen_pool=all: the chance a prompt without history ranks at (first
                                          # visits realised 0.28-0.30, as did the chances of 0.45-0.6 history gave)
+    screen_group: str = ""               # a training row field (e.g. "level"): a prompt without history takes the
+                                         # mean chance of its group's prompts with history (same value of the
+                                         # field), so first visits to a group the policy cannot solve are skipped
+                                         # too; "": no pooling (a prompt without history is always sampled)
+    screen_group_min_seen: int = 8       # prompts of a group with history before its mean is used
 
     def __post_init__(self) -> None:
         require(self.kind in SAMPLERS, "sampler.kind", self.kind, f"must be one of {SAMPLERS}")
@@ -238,6 +243,8 @@ class SamplerConfig:
         require(self.screen_pool in SCREEN_POOLS, "sampler.screen_pool", self.screen_pool, f"must be one of {SCREEN_POOLS}")
         require(0 <= self.screen_unseen_chance <= 1, "sampler.screen_unseen_chance", self.screen_unseen_chance,
                 "must lie in [0, 1]")
+        require(self.screen_group_min_seen >= 1, "sampler.screen_group_min_seen", self.screen_group_min_seen,
+                "must be >= 1")
         require(self.screen_probe == 0 or self.screen_pool == "draws", "sampler.screen_probe", self.screen_probe,
                 "needs sampler.screen_pool=draws (a probe is the first part of a drawn prompt's group); 0 turns it off")
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gvm.allocation import NoEligiblePrompts, allocate, allocate_uniform
+from gvm.config_build import ConfigError
 from gvm.failpoints import failpoint
 from gvm.prompts import Prompt, PromptStream
 from gvm.rollouts import RolloutBatch
@@ -339,6 +340,12 @@ class ScreenedSampler(Sampler):
     trained on one group a step and fell from 0.227 to 0.028) is worse than one on unlikely ones."""
     name = "screened"
 
+    def __init__(self, context: SamplerContext) -> None:
+        super().__init__(context)
+        if self.cfg.screen_group:     # a row without the field fails here, before anything is generated
+            for prompt in context.stream.prompts:
+                _group_of(prompt, self.cfg.screen_group)
+
     def collect(self, iteration: int) -> Collected:
         if self.cfg.screen_pool == "all":
             return self._collect_ranked(iteration)
@@ -425,10 +432,15 @@ class ScreenedSampler(Sampler):
         return _batch_of(made[: len(chosen)] + _groups(completed), threshold)
 
     def _chances(self, prompts: list[Prompt], iteration: int) -> np.ndarray:
-        return screen_chances(self.ctx.stats, [p.key for p in prompts], iteration, decay=self.cfg.history_decay,
-                              prior=self.cfg.prior, n=self.cfg.n_per_prompt,
-                              screen_out=self._screen_out, max_rate=self.cfg.screen_max_rate,
-                              unseen=self.cfg.screen_unseen_chance if self.cfg.screen_pool == "all" else 1.0)
+        cfg = self.cfg
+        rule = dict(prior=cfg.prior, n=cfg.n_per_prompt, screen_out=self._screen_out, max_rate=cfg.screen_max_rate)
+        unseen = np.full(len(prompts), cfg.screen_unseen_chance if cfg.screen_pool == "all" else 1.0)
+        if cfg.screen_group:      # pooled before the visit below fades the drawn prompts' counts
+            pooled = group_chances(self.ctx.stats, self.ctx.stream.prompts, prompts, cfg.screen_group,
+                                   min_seen=cfg.screen_group_min_seen, **rule)
+            unseen = np.where(np.isnan(pooled), unseen, pooled)
+        return screen_chances(self.ctx.stats, [p.key for p in prompts], iteration, decay=cfg.history_decay,
+                              unseen=unseen, **rule)
 
 
 def _groups(batch: RolloutBatch) -> list[tuple[Prompt, list, list]]:
@@ -442,16 +454,59 @@ def _batch_of(groups: list[tuple[Prompt, list, list]], accept_threshold: float) 
 
 
 def screen_chances(stats: PromptStats, keys: list[int], iteration: int, *, decay: float, prior: float, n: int,
-                   screen_out: str, max_rate: float = 1.0, unseen: float = 1.0) -> np.ndarray:
+                   screen_out: str, max_rate: float = 1.0, unseen=1.0) -> np.ndarray:
     """The screened sampler's rule: a visit of each prompt (its history fades by `decay`), then the
     posterior chance that its n samples are not what `screen_out` skips (gvm.stats.prob_kept), 0
-    where the posterior mean acceptance rate is above `max_rate` (nearly solved); `unseen` for a
-    prompt without history (nothing to screen on: 1 takes it whenever drawn).
+    where the posterior mean acceptance rate is above `max_rate` (nearly solved); `unseen` (a number,
+    or one per key) for a prompt without history (nothing to screen on: 1 takes it whenever drawn).
     benchmarks/screen_replay.py replays it over a uniform run's audit log."""
     _, s, f = visit_history(stats, keys, iteration, decay)
-    chance = prob_kept(s, f, np.full(len(keys), n), prior=prior, screen_out=screen_out)
-    chance = np.where(posterior_mean(s, f, prior=prior) > max_rate, 0.0, chance)
-    return np.where(s + f > 0, chance, unseen)
+    return np.where(s + f > 0, history_chances(s, f, prior=prior, n=n, screen_out=screen_out, max_rate=max_rate),
+                    unseen)
+
+
+def history_chances(successes, failures, *, prior: float, n: int, screen_out: str, max_rate: float = 1.0) -> np.ndarray:
+    """The screen's chance from (decayed) outcome counts as they stand: prob_kept, 0 above `max_rate`."""
+    s, f = np.asarray(successes, np.float64), np.asarray(failures, np.float64)
+    chance = prob_kept(s, f, np.full(len(s), n), prior=prior, screen_out=screen_out)
+    return np.where(posterior_mean(s, f, prior=prior) > max_rate, 0.0, chance)
+
+
+def group_chances(stats: PromptStats, pool: list[Prompt], prompts: list[Prompt], group_field: str, *, prior: float,
+                  n: int, screen_out: str, max_rate: float = 1.0, min_seen: int = 1) -> np.ndarray:
+    """For each of `prompts`, the mean screen chance of the prompts of `pool` with history and the
+    same `row[group_field]` (their counts as they stand, not faded by this call); NaN where fewer than
+    `min_seen` such prompts have history. Why: a prompt without history is otherwise sampled
+    whatever its group shows, and on the hard-tail task first visits to the two hardest levels
+    carried gradient 2-9 % of the time (GRPO, uniform and screened runs) against about half for
+    level 2; the mean over a group's seen prompts is the chance of a prompt drawn from it
+    at random, as first visits are."""
+    seen = [p for p in pool if stats.record(p.key).has_history]
+    records = [stats.record(p.key) for p in seen]
+    chance = history_chances([r.successes for r in records], [r.failures for r in records],
+                             prior=prior, n=n, screen_out=screen_out, max_rate=max_rate)
+    totals: dict = {}
+    for prompt, value in zip(seen, chance):
+        total = totals.setdefault(_group_of(prompt, group_field), [0.0, 0])
+        total[0] += float(value)
+        total[1] += 1
+    out = np.full(len(prompts), np.nan)
+    for i, prompt in enumerate(prompts):
+        total = totals.get(_group_of(prompt, group_field))
+        if total is not None and total[1] >= min_seen:
+            out[i] = total[0] / total[1]
+    return out
+
+
+def _group_of(prompt: Prompt, group_field: str):
+    """The prompt's group under sampler.screen_group (unhashable values by their repr)."""
+    if group_field not in prompt.row:
+        present = ", ".join(sorted(prompt.row)) or "none"
+        raise ConfigError(f"config key sampler.screen_group={group_field!r}: training prompt {prompt.key} has no "
+                          f"field {group_field!r} (its fields: {present}); name a field every training row has, "
+                          f"or set '' to pool nothing")
+    value = prompt.row[group_field]
+    return repr(value) if isinstance(value, (list, dict)) else value
 
 
 def _distinct(prompts: list[Prompt]) -> list[Prompt]:

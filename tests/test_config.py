@@ -103,6 +103,7 @@ def test_saved_config_loads_back_equal(tmp_path, rng):
     ("sampler.screen_probe=-1", "sampler.screen_probe", ">= 0"),
     ("sampler.screen_pool=every", "sampler.screen_pool", "must be one of"),
     ("sampler.screen_unseen_chance=1.5", "sampler.screen_unseen_chance", "[0, 1]"),
+    ("sampler.screen_group_min_seen=0", "sampler.screen_group_min_seen", ">= 1"),
     ("algorithm=ppo", "algorithm", "must be one of"),
     ("iterations=-1", "iterations", ">= 0"),
     ("epochs=0", "epochs", ">= 1"),

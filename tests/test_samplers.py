@@ -11,7 +11,9 @@ from _tiny_runs import QUIET, TASK, TRAIN, run_script
 
 from gvm.allocation import allocate
 from gvm.config import load_config
-from gvm.samplers import screen_chances
+from gvm.config_build import ConfigError
+from gvm.prompts import Prompt, PromptStream
+from gvm.samplers import SamplerContext, ScreenedSampler, group_chances, history_chances, screen_chances
 from gvm.stats import PromptStats, posterior_mean, prob_kept
 
 pytest.importorskip("deepspeed")
@@ -193,6 +195,73 @@ def test_screen_chances_ranks_prompts_without_history_at_unseen(seed):
     stats.count_outcomes(keys[:6], rng.integers(0, 5, size=6), rng.integers(0, 5, size=6) + 1)
     chances = screen_chances(stats, keys, 1, decay=0.9, prior=0.5, n=4, screen_out="agreeing", unseen=unseen)
     assert np.all(chances[6:] == unseen) and np.all((chances[:6] >= 0) & (chances[:6] <= 1))
+
+
+def test_screen_group_ranks_prompts_without_history_at_their_groups_mean(tmp_path, warm_model, seed):
+    """sampler.screen_group with screen_pool=all: a prompt without history ranks at the mean chance
+    of the prompts with history in its group (the built-in task's row field `level`; the tiny task
+    has one level, so one group), from the counts as they stand before the iteration's fade; with
+    screen_unseen_chance=1 it would rank first. Replayed from the audits with the rule's own arithmetic."""
+    rows, audits, run_dir = _run(tmp_path, warm_model, seed, "sampler.kind=screened", "algorithm=grpo",
+                                 "sampler.screen_pool=all", "sampler.screen_unseen_chance=1.0",
+                                 "sampler.screen_group=level", "sampler.screen_group_min_seen=1",
+                                 "sampler.history_decay=0.97")
+    sampler = load_config(run_dir / "config.yaml").sampler
+    history: dict[int, list[float]] = {}
+    pooled_used = 0
+    for audit in audits:
+        keys, skipped = audit["keys"], audit["skipped"]
+        assert len(keys) == M and sorted(keys + skipped) == list(range(16))
+        counts = [history[k] for k in history]
+        group_mean = float(np.mean(history_chances([c[0] for c in counts], [c[1] for c in counts], prior=sampler.prior,
+                                                   n=N, screen_out="agreeing"))) if counts else 1.0
+        chance = {}
+        for key in keys + skipped:
+            if key not in history:
+                chance[key] = group_mean
+                pooled_used += bool(counts)
+            else:
+                s, f = [c * sampler.history_decay for c in history[key]]
+                history[key] = [s, f]
+                chance[key] = prob_kept([s], [f], [N], prior=sampler.prior, screen_out="agreeing")[0]
+        assert min(chance[k] for k in keys) >= max(chance[k] for k in skipped) - 1e-12
+        for key, accepted in zip(keys, audit["accepted"]):
+            history.setdefault(key, [0.0, 0.0])
+            history[key][0] += accepted
+            history[key][1] += N - accepted
+    assert pooled_used > 0      # iteration 2 ranks the 8 prompts iteration 1 did not sample at the group's mean
+    print(f"seed {seed}: {pooled_used} rankings of a prompt without history at its group's mean")
+
+
+def test_group_chances_is_the_mean_chance_of_the_groups_prompts_with_history(seed):
+    rng = np.random.default_rng(seed)
+    labels = [0, "b", (1, 2), [3]]                            # any row value; a list by its repr
+    prompts = [Prompt(key=k, problem="", gold="", token_ids=[], row={"level": labels[int(rng.integers(4))]})
+               for k in range(int(rng.integers(20, 60)))]
+    stats = PromptStats()
+    with_history = [p.key for p in prompts if rng.uniform() < 0.6]
+    stats.count_outcomes(with_history, rng.uniform(0, 6, len(with_history)), rng.uniform(0, 6, len(with_history)))
+    before = {k: (r.successes, r.failures) for k, r in stats.records.items()}
+    min_seen = int(rng.integers(1, 6))
+    rule = dict(prior=0.5, n=int(rng.integers(2, 9)), screen_out="agreeing", max_rate=float(rng.uniform(0.5, 1)))
+    got = group_chances(stats, prompts, prompts, "level", min_seen=min_seen, **rule)
+    for i, prompt in enumerate(prompts):
+        mates = [p.key for p in prompts if p.row["level"] == prompt.row["level"] and p.key in with_history]
+        if len(mates) < min_seen:
+            assert np.isnan(got[i])
+        else:
+            expected = np.mean([history_chances([before[k][0]], [before[k][1]], **rule)[0] for k in mates])
+            assert got[i] == pytest.approx(expected, rel=1e-12)
+    assert {k: (r.successes, r.failures) for k, r in stats.records.items()} == before     # nothing faded
+
+
+def test_screen_group_names_a_missing_field_before_anything_is_generated():
+    config = load_config(None, ["algorithm=grpo", "sampler.kind=screened", "sampler.screen_group=subject"])
+    prompts = [Prompt(key=k, problem="", gold="", token_ids=[], row={"level": 1, "solution": ""}) for k in range(3)]
+    context = SamplerContext(cfg=config, algorithm=None, rollouts=None, swap=None, timer=None, trainer=None,
+                             stream=PromptStream(prompts, seed=0), stats=PromptStats())   # no engine: it must not get that far
+    with pytest.raises(ConfigError, match=r"sampler\.screen_group='subject'.*its fields: level, solution"):
+        ScreenedSampler(context)
 
 
 def test_screened_fills_the_batch_when_every_draw_is_screened_out(tmp_path, warm_model, seed):
