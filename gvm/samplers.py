@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -342,9 +343,8 @@ class ScreenedSampler(Sampler):
 
     def __init__(self, context: SamplerContext) -> None:
         super().__init__(context)
-        if self.cfg.screen_group:     # a row without the field fails here, before anything is generated
-            for prompt in context.stream.prompts:
-                _group_of(prompt, self.cfg.screen_group)
+        # each training prompt's group, read once (a row without the field fails here, before anything is generated)
+        self._group_of = prompt_groups(context.stream.prompts, self.cfg.screen_group) if self.cfg.screen_group else {}
 
     def collect(self, iteration: int) -> Collected:
         if self.cfg.screen_pool == "all":
@@ -436,7 +436,7 @@ class ScreenedSampler(Sampler):
         rule = dict(prior=cfg.prior, n=cfg.n_per_prompt, screen_out=self._screen_out, max_rate=cfg.screen_max_rate)
         unseen = np.full(len(prompts), cfg.screen_unseen_chance if cfg.screen_pool == "all" else 1.0)
         if cfg.screen_group:      # pooled before the visit below fades the drawn prompts' counts
-            pooled = group_chances(self.ctx.stats, self.ctx.stream.prompts, prompts, cfg.screen_group,
+            pooled = group_chances(self.ctx.stats, self._group_of, [p.key for p in prompts],
                                    min_seen=cfg.screen_group_min_seen, **rule)
             unseen = np.where(np.isnan(pooled), unseen, pooled)
         return screen_chances(self.ctx.stats, [p.key for p in prompts], iteration, decay=cfg.history_decay,
@@ -472,41 +472,45 @@ def history_chances(successes, failures, *, prior: float, n: int, screen_out: st
     return np.where(posterior_mean(s, f, prior=prior) > max_rate, 0.0, chance)
 
 
-def group_chances(stats: PromptStats, pool: list[Prompt], prompts: list[Prompt], group_field: str, *, prior: float,
-                  n: int, screen_out: str, max_rate: float = 1.0, min_seen: int = 1) -> np.ndarray:
-    """For each of `prompts`, the mean screen chance of the prompts of `pool` with history and the
-    same `row[group_field]` (their counts as they stand, not faded by this call); NaN where fewer than
-    `min_seen` such prompts have history. Why: a prompt without history is otherwise sampled
-    whatever its group shows, and on the hard-tail task first visits to the two hardest levels
-    carried gradient 2-9 % of the time (GRPO, uniform and screened runs) against about half for
-    level 2; the mean over a group's seen prompts is the chance of a prompt drawn from it
-    at random, as first visits are."""
-    seen = [p for p in pool if stats.record(p.key).has_history]
-    records = [stats.record(p.key) for p in seen]
-    chance = history_chances([r.successes for r in records], [r.failures for r in records],
+def group_chances(stats: PromptStats, group_of: dict[int, Hashable], keys: list[int], *, prior: float, n: int,
+                  screen_out: str, max_rate: float = 1.0, min_seen: int = 1) -> np.ndarray:
+    """For each of `keys`, the mean screen chance of the prompts with history in its group
+    (`group_of`: prompt key -> group, from prompt_groups; their counts as they stand, not faded by
+    this call); NaN where fewer than `min_seen` such prompts have history. Why: a prompt without
+    history is otherwise sampled whatever its group shows, and on the hard-tail task first visits to
+    the two hardest levels carried gradient 2-9 % of the time (GRPO, uniform and screened runs)
+    against about half for level 2; the mean over a group's seen prompts is the chance of a prompt
+    drawn from it at random, as first visits are. Reads only the prompts with a record, not the
+    whole training set."""
+    seen = [(key, r) for key, r in stats.records.items() if r.has_history and key in group_of]
+    chance = history_chances([r.successes for _, r in seen], [r.failures for _, r in seen],
                              prior=prior, n=n, screen_out=screen_out, max_rate=max_rate)
-    totals: dict = {}
-    for prompt, value in zip(seen, chance):
-        total = totals.setdefault(_group_of(prompt, group_field), [0.0, 0])
+    totals: dict[Hashable, list] = {}
+    for (key, _), value in zip(seen, chance):
+        total = totals.setdefault(group_of[key], [0.0, 0])
         total[0] += float(value)
         total[1] += 1
-    out = np.full(len(prompts), np.nan)
-    for i, prompt in enumerate(prompts):
-        total = totals.get(_group_of(prompt, group_field))
+    out = np.full(len(keys), np.nan)
+    for i, key in enumerate(keys):
+        total = totals.get(group_of[key])
         if total is not None and total[1] >= min_seen:
             out[i] = total[0] / total[1]
     return out
 
 
-def _group_of(prompt: Prompt, group_field: str):
-    """The prompt's group under sampler.screen_group (unhashable values by their repr)."""
-    if group_field not in prompt.row:
-        present = ", ".join(sorted(prompt.row)) or "none"
-        raise ConfigError(f"config key sampler.screen_group={group_field!r}: training prompt {prompt.key} has no "
-                          f"field {group_field!r} (its fields: {present}); name a field every training row has, "
-                          f"or set '' to pool nothing")
-    value = prompt.row[group_field]
-    return repr(value) if isinstance(value, (list, dict)) else value
+def prompt_groups(prompts: list[Prompt], group_field: str) -> dict[int, Hashable]:
+    """Each prompt's group under sampler.screen_group: its row's `group_field` (unhashable values by
+    their repr); a ConfigError naming the key where a row lacks the field."""
+    groups = {}
+    for prompt in prompts:
+        if group_field not in prompt.row:
+            present = ", ".join(sorted(prompt.row)) or "none"
+            raise ConfigError(f"config key sampler.screen_group={group_field!r}: training prompt {prompt.key} has "
+                              f"no field {group_field!r} (its fields: {present}); name a field every training row "
+                              f"has, or set '' to pool nothing")
+        value = prompt.row[group_field]
+        groups[prompt.key] = repr(value) if isinstance(value, (list, dict)) else value
+    return groups
 
 
 def _distinct(prompts: list[Prompt]) -> list[Prompt]:

@@ -13,7 +13,8 @@ from gvm.allocation import allocate
 from gvm.config import load_config
 from gvm.config_build import ConfigError
 from gvm.prompts import Prompt, PromptStream
-from gvm.samplers import SamplerContext, ScreenedSampler, group_chances, history_chances, screen_chances
+from gvm.samplers import (SamplerContext, ScreenedSampler, group_chances, history_chances, prompt_groups,
+                         screen_chances)
 from gvm.stats import PromptStats, posterior_mean, prob_kept
 
 pytest.importorskip("deepspeed")
@@ -244,7 +245,7 @@ def test_group_chances_is_the_mean_chance_of_the_groups_prompts_with_history(see
     before = {k: (r.successes, r.failures) for k, r in stats.records.items()}
     min_seen = int(rng.integers(1, 6))
     rule = dict(prior=0.5, n=int(rng.integers(2, 9)), screen_out="agreeing", max_rate=float(rng.uniform(0.5, 1)))
-    got = group_chances(stats, prompts, prompts, "level", min_seen=min_seen, **rule)
+    got = group_chances(stats, prompt_groups(prompts, "level"), [p.key for p in prompts], min_seen=min_seen, **rule)
     for i, prompt in enumerate(prompts):
         mates = [p.key for p in prompts if p.row["level"] == prompt.row["level"] and p.key in with_history]
         if len(mates) < min_seen:
