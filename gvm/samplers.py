@@ -434,13 +434,12 @@ class ScreenedSampler(Sampler):
     def _chances(self, prompts: list[Prompt], iteration: int) -> np.ndarray:
         cfg = self.cfg
         rule = dict(prior=cfg.prior, n=cfg.n_per_prompt, screen_out=self._screen_out, max_rate=cfg.screen_max_rate)
-        unseen = np.full(len(prompts), cfg.screen_unseen_chance if cfg.screen_pool == "all" else 1.0)
+        keys = [p.key for p in prompts]
+        unseen = np.full(len(keys), cfg.screen_unseen_chance if cfg.screen_pool == "all" else 1.0)
         if cfg.screen_group:      # pooled before the visit below fades the drawn prompts' counts
-            pooled = group_chances(self.ctx.stats, self._group_of, [p.key for p in prompts],
-                                   min_seen=cfg.screen_group_min_seen, **rule)
+            pooled = group_chances(self.ctx.stats, self._group_of, keys, min_seen=cfg.screen_group_min_seen, **rule)
             unseen = np.where(np.isnan(pooled), unseen, pooled)
-        return screen_chances(self.ctx.stats, [p.key for p in prompts], iteration, decay=cfg.history_decay,
-                              unseen=unseen, **rule)
+        return screen_chances(self.ctx.stats, keys, iteration, decay=cfg.history_decay, unseen=unseen, **rule)
 
 
 def _groups(batch: RolloutBatch) -> list[tuple[Prompt, list, list]]:
