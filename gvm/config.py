@@ -196,7 +196,9 @@ class SamplerConfig:
     screen_group: str = ""               # a training row field (e.g. "level"): a prompt without history takes the
                                          # mean chance of its group's prompts with history (same value of the
                                          # field), so first visits to a group the policy cannot solve are skipped
-                                         # too; "": no pooling (a prompt without history is always sampled)
+                                         # too; "": no pooling (a prompt without history is always sampled);
+                                         # "auto": `level` where every training row has it with two or more
+                                         # values (the built-in task, MATH), else none, said in the log
     screen_group_min_seen: int = 8       # prompts of a group with history before its mean is used
 
     def __post_init__(self) -> None:

@@ -344,7 +344,8 @@ class ScreenedSampler(Sampler):
     def __init__(self, context: SamplerContext) -> None:
         super().__init__(context)
         # each training prompt's group, read once (a row without the field fails here, before anything is generated)
-        self._group_of = prompt_groups(context.stream.prompts, self.cfg.screen_group) if self.cfg.screen_group else {}
+        group_field = screen_group_field(context.stream.prompts, self.cfg.screen_group)
+        self._group_of = prompt_groups(context.stream.prompts, group_field) if group_field else {}
 
     def collect(self, iteration: int) -> Collected:
         if self.cfg.screen_pool == "all":
@@ -436,7 +437,7 @@ class ScreenedSampler(Sampler):
         rule = dict(prior=cfg.prior, n=cfg.n_per_prompt, screen_out=self._screen_out, max_rate=cfg.screen_max_rate)
         keys = [p.key for p in prompts]
         unseen = np.full(len(keys), cfg.screen_unseen_chance if cfg.screen_pool == "all" else 1.0)
-        if cfg.screen_group:      # pooled before the visit below fades the drawn prompts' counts
+        if self._group_of:        # pooled before the visit below fades the drawn prompts' counts
             pooled = group_chances(self.ctx.stats, self._group_of, keys, min_seen=cfg.screen_group_min_seen, **rule)
             unseen = np.where(np.isnan(pooled), unseen, pooled)
         return screen_chances(self.ctx.stats, keys, iteration, decay=cfg.history_decay, unseen=unseen, **rule)
@@ -497,6 +498,30 @@ def group_chances(stats: PromptStats, group_of: dict[int, Hashable], keys: list[
     return out
 
 
+def screen_group_field(prompts: list[Prompt], setting: str) -> str:
+    """sampler.screen_group with "auto" resolved, and said in the log: SCREEN_GROUP_AUTO_FIELD where
+    every training row has it with at least two values (the built-in task's and MATH's difficulty
+    level), else "" (no pooling). Why not fail where the field is missing: "auto" is the default,
+    and a dataset without it should train as before; why two values: one group pools every
+    prompt, a mean over the whole training set that says nothing about a new prompt's level."""
+    if setting != AUTO_SCREEN_GROUP:
+        return setting
+    values = {_group_value(p.row[SCREEN_GROUP_AUTO_FIELD]) for p in prompts if SCREEN_GROUP_AUTO_FIELD in p.row}
+    missing = sum(SCREEN_GROUP_AUTO_FIELD not in p.row for p in prompts)
+    if missing or len(values) < 2:
+        why = (f"{missing} of {len(prompts)} training rows have no field {SCREEN_GROUP_AUTO_FIELD!r}" if missing
+               else f"field {SCREEN_GROUP_AUTO_FIELD!r} has {len(values)} value(s), not a grouping")
+        log.info("sampler.screen_group=auto: no pooling of first visits (%s)", why)
+        return ""
+    log.info("sampler.screen_group=auto: first visits pooled by %r (%d groups)", SCREEN_GROUP_AUTO_FIELD, len(values))
+    return SCREEN_GROUP_AUTO_FIELD
+
+
+def _group_value(value) -> Hashable:
+    """A row value as a group label: unhashable values (lists, dicts) by their repr."""
+    return repr(value) if isinstance(value, (list, dict)) else value
+
+
 def prompt_groups(prompts: list[Prompt], group_field: str) -> dict[int, Hashable]:
     """Each prompt's group under sampler.screen_group: its row's `group_field` (unhashable values by
     their repr); a ConfigError naming the key where a row lacks the field."""
@@ -507,8 +532,7 @@ def prompt_groups(prompts: list[Prompt], group_field: str) -> dict[int, Hashable
             raise ConfigError(f"config key sampler.screen_group={group_field!r}: training prompt {prompt.key} has "
                               f"no field {group_field!r} (its fields: {present}); name a field every training row "
                               f"has, or set '' to pool nothing")
-        value = prompt.row[group_field]
-        groups[prompt.key] = repr(value) if isinstance(value, (list, dict)) else value
+        groups[prompt.key] = _group_value(prompt.row[group_field])
     return groups
 
 
@@ -518,4 +542,6 @@ def _distinct(prompts: list[Prompt]) -> list[Prompt]:
 
 
 SAMPLER_NAMES = tuple(SAMPLERS)
+AUTO_SCREEN_GROUP = "auto"               # sampler.screen_group: pool by SCREEN_GROUP_AUTO_FIELD where it groups
+SCREEN_GROUP_AUTO_FIELD = "level"        # the row field "auto" pools first visits by
 SCREEN_POOLS = ("draws", "all")         # sampler.screen_pool: where the screened sampler's candidates come from

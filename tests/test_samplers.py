@@ -13,8 +13,8 @@ from gvm.allocation import allocate
 from gvm.config import load_config
 from gvm.config_build import ConfigError
 from gvm.prompts import Prompt, PromptStream
-from gvm.samplers import (SamplerContext, ScreenedSampler, group_chances, history_chances, prompt_groups,
-                         screen_chances)
+from gvm.samplers import (SCREEN_GROUP_AUTO_FIELD, SamplerContext, ScreenedSampler, group_chances, history_chances,
+                          prompt_groups, screen_chances, screen_group_field)
 from gvm.stats import PromptStats, posterior_mean, prob_kept
 
 pytest.importorskip("deepspeed")
@@ -256,13 +256,40 @@ def test_group_chances_is_the_mean_chance_of_the_groups_prompts_with_history(see
     assert {k: (r.successes, r.failures) for k, r in stats.records.items()} == before     # nothing faded
 
 
-def test_screen_group_names_a_missing_field_before_anything_is_generated():
-    config = load_config(None, ["algorithm=grpo", "sampler.kind=screened", "sampler.screen_group=subject"])
-    prompts = [Prompt(key=k, problem="", gold="", token_ids=[], row={"level": 1, "solution": ""}) for k in range(3)]
+def _screened(overrides: list[str], rows: list[dict]) -> ScreenedSampler:
+    """A ScreenedSampler over prompts with these rows, built without an engine (it must not need one)."""
+    config = load_config(None, ["algorithm=grpo", "sampler.kind=screened", *overrides])
+    prompts = [Prompt(key=k, problem="", gold="", token_ids=[], row=row) for k, row in enumerate(rows)]
     context = SamplerContext(cfg=config, algorithm=None, rollouts=None, swap=None, timer=None, trainer=None,
-                             stream=PromptStream(prompts, seed=0), stats=PromptStats())   # no engine: it must not get that far
+                             stream=PromptStream(prompts, seed=0), stats=PromptStats())
+    return ScreenedSampler(context)
+
+
+def test_screen_group_names_a_missing_field_before_anything_is_generated():
     with pytest.raises(ConfigError, match=r"sampler\.screen_group='subject'.*its fields: level, solution"):
-        ScreenedSampler(context)
+        _screened(["sampler.screen_group=subject"], [{"level": 1, "solution": ""}] * 3)
+
+
+def test_screen_group_auto_pools_by_level_only_where_every_row_has_two_or_more_levels(seed, caplog):
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(3, 40))
+    levels = [int(v) for v in rng.integers(1, 4, size)]
+    levels[0], levels[1] = 1, 2                                          # at least two values
+    field = SCREEN_GROUP_AUTO_FIELD
+    cases = {"every row, two or more values": ([{field: v} for v in levels], field),
+             "one value": ([{field: 3}] * size, ""),
+             "a row without it": ([{field: v} for v in levels[:-1]] + [{"subject": "x"}], "")}
+    print(f"seed {seed}: {size} rows")
+    for name, (rows, expected) in cases.items():
+        caplog.clear()
+        prompts = [Prompt(key=k, problem="", gold="", token_ids=[], row=row) for k, row in enumerate(rows)]
+        with caplog.at_level("INFO", logger="gvm.samplers"):
+            assert screen_group_field(prompts, "auto") == expected, name
+        assert "sampler.screen_group=auto" in caplog.text, name                     # said in the log either way
+        assert screen_group_field(prompts, "subject") == "subject"                   # a named field is not resolved
+        assert screen_group_field(prompts, "") == ""
+        grouped = _screened(["sampler.screen_group=auto"], rows)._group_of
+        assert grouped == ({p.key: p.row[field] for p in prompts} if expected else {}), name
 
 
 def test_screened_fills_the_batch_when_every_draw_is_screened_out(tmp_path, warm_model, seed):
