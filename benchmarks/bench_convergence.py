@@ -59,6 +59,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from curves import (bootstrap_median, bootstrap_pooled_ratio, cost_to_reach, cumulative_useful, final_accuracy,  # noqa: E402
                     mean_and_se, paired_ratios, pooled_ratio_missing, ratio_text, seed_mean_curve)
@@ -67,6 +69,7 @@ from harness import REWEIGHTED, RESULTS_DIR, append_results, machine_name, rewei
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from gvm.algorithms import ALGORITHMS  # noqa: E402
+from gvm.config import load_config, resume_differences  # noqa: E402
 TRAIN = REPO / "gvm" / "train.py"
 BASE_METHODS = ("uniform", "uniform-half", "uniform-quarter", "uniform2x", "dapo", "gvm", "ours", "screened",
                 "screened-quarter")
@@ -227,6 +230,11 @@ def run(args, name: str, overrides: list[str], iterations: int, last: Sequence[s
     run_dir = Path(args.root) / name
     resume = []
     if (run_dir / "summary.json").is_file():
+        changed = changed_settings(run_dir, run_overrides(args, name, overrides, iterations, last))
+        if changed:   # said, not refused: most are settings the run's sampler does not read (uniform's screen_*)
+            print(f"  {name}: WARNING: reused, but made with settings this command would not give it now "
+                  f"({'; '.join(changed)}): a default or the arguments changed since. Its figures are those "
+                  f"settings'; pin them with --extra or --variant, or pass another --root to run it anew", flush=True)
         done = json.loads((run_dir / "summary.json").read_text())["iterations"]
         if done >= iterations:
             print(f"  {name}: done before, reusing {run_dir}", flush=True)
@@ -243,6 +251,15 @@ def run(args, name: str, overrides: list[str], iterations: int, last: Sequence[s
     print(f"  {name}: {time.perf_counter() - start:.0f} s{' (resumed to ' + str(iterations) + ' iterations)' if resume else ''}",
           flush=True)
     return run_dir
+
+
+def changed_settings(run_dir: Path, overrides: list[str]) -> list[str]:
+    """The settings a cached run's config.yaml records with another value than `overrides` give
+    now ("key: then -> now"), those a resume may change aside. Why: a run is reused by its name, and
+    a changed default (sampler.screen_group became "auto") would otherwise be reported silently under
+    the new behaviour's name. Keys the run predates are not compared."""
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    return resume_differences(load_config(None, overrides), saved, recorded_only=True)[1]
 
 
 def iterations_of(args, method: str) -> int:

@@ -446,12 +446,13 @@ RESUMABLE_KEYS = ("name", "run_root", "iterations", "resume", "overwrite", "chec
                   "eval", "log")
 
 
-def resume_differences(cfg: RunConfig, saved: dict) -> tuple[list[str], list[str]]:
+def resume_differences(cfg: RunConfig, saved: dict, *, recorded_only: bool = False) -> tuple[list[str], list[str]]:
     """(keys that differ and may, keys that differ and must not) between `cfg` and the resolved
-    config a checkpoint was written with, each as "key: saved -> now"."""
+    config a checkpoint was written with, each as "key: saved -> now". recorded_only: only the keys
+    `saved` holds (a run written before a key existed says nothing about it)."""
     allowed, refused = [], []
     now, before = _flat(cfg.to_dict()), _flat(saved)
-    for key in sorted(set(now) | set(before)):
+    for key in sorted(set(before) if recorded_only else set(now) | set(before)):
         if now.get(key) == before.get(key):
             continue
         line = f"{key}: {before.get(key)!r} -> {now.get(key)!r}"

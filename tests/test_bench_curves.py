@@ -223,6 +223,21 @@ def test_method_names_parse_to_their_settings_and_bad_ones_are_refused():
             parse_args(bad)
 
 
+def test_a_reused_run_names_the_settings_it_was_made_with_that_differ_now(tmp_path):
+    import yaml
+    from bench_convergence import changed_settings
+
+    from gvm.config import load_config
+    made = ["sampler.kind=screened", "sampler.screen_group=", "iterations=20", "eval.every=5"]
+    saved = yaml.safe_load(load_config(None, made).to_yaml())
+    del saved["sampler"]["screen_max_rate"]                   # a key added after the run: not compared
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert changed_settings(tmp_path, made) == []
+    assert changed_settings(tmp_path, [*made, "iterations=80", "eval.every=10", "sampler.screen_max_rate=0.9"]) == []
+    now = [*made[:1], "iterations=20"]                         # screen_group's default now, "auto"
+    assert changed_settings(tmp_path, now) == ["sampler.screen_group: '' -> 'auto'"]
+
+
 def test_the_plot_draws_every_method_against_both_costs(seed, tmp_path):
     from bench_convergence import plot
     rng = random.Random(seed)
