@@ -43,7 +43,7 @@ from gvm.engines.base import SamplingConfig
 from gvm.engines.factory import AUTO, ENGINE_NAMES, ENGINE_REGISTRY
 from gvm.engines.mismatch import MismatchConfig
 from gvm.samplers import SAMPLER_NAMES as SAMPLERS
-from gvm.samplers import SCREEN_POOLS
+from gvm.samplers import AUTO_SCREEN_GROUP, SCREEN_POOLS
 from gvm.stats import SCREEN_OUT
 from gvm.toy import TinyModelConfig
 from gvm.trainer_config import TrainerConfig
@@ -165,7 +165,8 @@ class SamplerConfig:
     dapo_max_rounds: int = 8             # generation rounds before dapo trains on what it has
     # adaptive
     prior: float = 0.5                   # p_i ~ Beta(prior + successes, prior + failures); 0: the plain rate
-    history_decay: float = 0.5           # at each visit a prompt's earlier counts are multiplied by this
+    history_decay: float = 0.9           # at each visit a prompt's earlier counts are multiplied by this (every
+                                         # bench_convergence run on the hard-tail task used 0.9; 0.7 lost to it)
     amortise_after: float | None = 2.0   # a prompt whose decayed history holds this many samples skips the pilot;
                                          # null: every prompt gets one
     rounds: int = 2                      # the budget after the pilot is spent in this many rounds
@@ -173,13 +174,17 @@ class SamplerConfig:
                                          # gradient (an accepted one; for GRPO both outcomes) is at least this
     # screened (prior and history_decay as adaptive)
     screen_min_useful: float = 0.45      # a prompt is sampled when the chance that its n_per_prompt samples carry
-                                         # gradient is at least this (n = 4: a last group without gradient,
-                                         # faded once, reads 0.38-0.40: skipped once; 1 for a prompt without history)
+                                         # gradient is at least this (1 for a prompt without history; n = 4 at
+                                         # decay 0.9: a last group without gradient reads 0.29-0.30, skipped until
+                                         # faded 9-12 times; n = 2 "agreeing" never reaches it: the batch is
+                                         # then the most promising of the draws)
     screen_max_draws: int = 4            # prompts drawn per iteration, at most, x prompts_per_iteration; when
                                          # they run out the most promising skipped ones fill the batch
-    screen_out: str = AUTO_OBJECTIVE     # the groups the screen skips: "auto" the algorithm's groups without
-                                         # gradient (RAFT "unsolved", GRPO "agreeing"); "solved" or "agreeing":
-                                         # also prompts likely all accepted, where RAFT has nothing left to learn
+    screen_out: str = "agreeing"         # the groups the screen skips: "agreeing" (all rejected or all accepted:
+                                         # GRPO's groups without gradient, and for RAFT also those where it has
+                                         # nothing left to learn; the RAFT++ winner, docs/train.md); "auto" the
+                                         # algorithm's groups without gradient (RAFT "unsolved", GRPO
+                                         # "agreeing"); "solved": the prompts likely all accepted
     screen_probe: int = 0                # a prompt without history first gets this many samples, and the rest
                                          # of its group only when they are not what the screen skips (GRPO: both
                                          # outcomes); the others are dropped, their samples counted; 0: no probe
@@ -193,7 +198,7 @@ class SamplerConfig:
                                          # iteration: set history_decay near 1; screen_min_useful is not used)
     screen_unseen_chance: float = 0.5    # screen_pool=all: the chance a prompt without history ranks at (first
                                          # visits realised 0.28-0.30, as did the chances of 0.45-0.6 history gave)
-    screen_group: str = ""               # a training row field (e.g. "level"): a prompt without history takes the
+    screen_group: str = AUTO_SCREEN_GROUP  # a training row field (e.g. "level"): a prompt without history takes the
                                          # mean chance of its group's prompts with history (same value of the
                                          # field), so first visits to a group the policy cannot solve are skipped
                                          # too; "": no pooling (a prompt without history is always sampled);
@@ -385,8 +390,8 @@ class RunConfig:
                     f"a probe is the first part of a group; 0 turns it off")
             require(self.sampler.screen_probe >= 2 or self.sampler.screen_out_for(self.algorithm) != "agreeing",
                     "sampler.screen_probe", self.sampler.screen_probe,
-                    "must be >= 2 where the screen skips agreeing groups (GRPO's default): one sample cannot "
-                    "show both outcomes, so every probe would be dropped")
+                    "must be >= 2 where the screen skips agreeing groups (the default): one sample cannot show "
+                    "both outcomes, so every probe would be dropped; or set sampler.screen_out=unsolved")
         if self.sampler.kind == "gvm" and self.sampler.max_per_prompt is not None:
             room = self.sampler.max_per_prompt * self.data.prompts_per_iteration
             budget = self.sampler.stage2_budget(self.data.prompts_per_iteration)

@@ -335,7 +335,7 @@ class ScreenedSampler(Sampler):
     fewer prompts (adaptive), and that half of uniform's groups carry no gradient (RAFT++: about a
     third of prompts solved 0 of 4 at their last visit; 30 % of those solve one at the next). A
     skipped prompt's history still fades at each visit, so it is tried again later: with n = 4 and
-    history_decay 0.5, a prompt whose last group carried no gradient is skipped once. When the
+    history_decay 0.9, a prompt whose last group carried no gradient is skipped for 9-12 visits. When the
     draws run out first, the most promising skipped prompts fill the batch: a step on a handful of
     groups (measured: GRPO at 2 per prompt, where no prompt reaches a 0.45 chance of a mixed pair,
     trained on one group a step and fell from 0.227 to 0.028) is worse than one on unlikely ones."""

@@ -30,6 +30,8 @@ def test_defaults_are_the_builtin_run():
     assert isinstance(cfg.verifier, VerifierConfig)
     assert cfg.trainer.algorithm == cfg.algorithm and cfg.trainer.temperature == cfg.rollout.sampling.temperature
     assert cfg.sampler.n_per_prompt == 2         # RAFT++'s best measured (gvm.algorithms)
+    # the screened settings of the RAFT++ winner on the hard-tail task (docs/train.md)
+    assert (cfg.sampler.screen_out, cfg.sampler.screen_group, cfg.sampler.history_decay) == ("agreeing", "auto", 0.9)
 
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
@@ -133,7 +135,10 @@ def test_a_probe_must_leave_room_in_the_group():
     assert load_config(None, ["algorithm=grpo", "sampler.kind=screened", "sampler.screen_probe=2"]).sampler.screen_probe == 2
     with pytest.raises(ConfigError, match=r"sampler\.screen_probe=2: needs sampler\.screen_pool=draws"):
         load_config(None, ["algorithm=grpo", "sampler.kind=screened", "sampler.screen_probe=2", "sampler.screen_pool=all"])
-    assert load_config(None, ["algorithm=raft++", "sampler.kind=screened", "sampler.screen_probe=1"]).sampler.screen_probe == 1
+    with pytest.raises(ConfigError, match=r"sampler\.screen_probe=1: must be >= 2 where the screen skips agreeing"):
+        load_config(None, ["algorithm=raft++", "sampler.kind=screened", "sampler.screen_probe=1"])   # the default
+    assert load_config(None, ["algorithm=raft++", "sampler.kind=screened", "sampler.screen_probe=1",
+                              "sampler.screen_out=unsolved"]).sampler.screen_probe == 1
 
 
 def test_reused_class_errors_carry_their_section():
