@@ -7,9 +7,12 @@ with one-process defaults, the port chosen free so that parallel test processes 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +26,41 @@ def _free_port() -> int:
 
 
 PORT_ATTEMPTS = 5   # single-process runs: ports tried for the process group's store
+# A torch C++-extension build lock older than this is a build that was killed: DeepSpeed's ops
+# (its CPU shm communicator, FusedAdam) build in under a minute on the CPU, a few on CUDA.
+STALE_BUILD_LOCK_SECONDS = 600
+
+log = logging.getLogger(__name__)
+
+
+def extension_build_locks() -> list[Path]:
+    """The `lock` files of torch's C++-extension builds (torch.utils.cpp_extension's layout:
+    $TORCH_EXTENSIONS_DIR/<op>/lock, or <cache>/torch_extensions/<python>_<accelerator>/<op>/lock)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root is not None:
+        return sorted(Path(root).glob("*/lock"))
+    return sorted(Path(get_default_build_root()).glob("*/*/lock"))
+
+
+def clear_stale_build_locks(max_age_s: float = STALE_BUILD_LOCK_SECONDS) -> list[Path]:
+    """Remove build locks older than max_age_s, and return them. A build killed mid-way (SIGKILL,
+    a timeout) leaves its lock behind, and every later process that loads the op then waits on it
+    forever (torch's FileBaton.wait), silently: the trainer would hang at DeepSpeed's start."""
+    removed = []
+    for lock in extension_build_locks():
+        try:
+            age = time.time() - lock.stat().st_mtime
+            if age < max_age_s:
+                continue
+            lock.unlink()
+        except FileNotFoundError:  # another rank removed it, or its build just finished
+            continue
+        log.warning("removed %s, a C++-extension build lock %.0f s old (its build was killed; loading the op "
+                    "would have waited on it forever)", lock, age)
+        removed.append(lock)
+    return removed
 
 
 def init_distributed() -> None:
@@ -39,6 +77,7 @@ def init_distributed() -> None:
     os.environ.setdefault("LOCAL_RANK", os.environ.get("RANK", "0"))
     import deepspeed  # imported late: importing it costs seconds
 
+    clear_stale_build_locks()  # DeepSpeed builds its CPU communicator op on first use
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     backend = "nccl" if torch.cuda.is_available() else "gloo"

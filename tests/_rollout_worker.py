@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gvm.distributed import shutdown
+from gvm.distributed import init_distributed, shutdown
 from gvm.engines.base import SamplingConfig
 from gvm.engines.factory import make_engine
 from gvm.engines.vllm_engine import VLLMEngineConfig
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--trainer", action="store_true", help="sync from gvm's PolicyTrainer instead")
     args = parser.parse_args()
 
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed()  # gloo on the CPU
     if args.trainer:
         result = run_trainer_phase(args)
         Path(args.out, f"rank{dist.get_rank()}_trainer.json").write_text(json.dumps(result))
@@ -72,7 +72,8 @@ def main() -> None:
     ds_config = {
         "train_micro_batch_size_per_gpu": 2,
         "gradient_accumulation_steps": 1,
-        "optimizer": {"type": "AdamW", "params": {"lr": 5e-3, "weight_decay": 0.0}},
+        # torch's AdamW, as the trainer uses on the CPU: DeepSpeed's FusedAdam is a JIT-built op
+        "optimizer": {"type": "AdamW", "params": {"lr": 5e-3, "weight_decay": 0.0, "torch_adam": True}},
         "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
     }
     engine, *_ = deepspeed.initialize(model=model, config=ds_config, model_parameters=model.parameters())

@@ -2,6 +2,8 @@
 sums after a short warm start, so pilot samples are accepted and every phase has work."""
 import contextlib
 import fcntl
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -12,9 +14,24 @@ TASK = ["task.num_train=64", "task.num_eval=8", "task.levels=[1]", "task.level_w
 QUIET = ["log.progress=false", "log.tensorboard=false", "log.plot=false", "rollout.vllm={cpu_kv_cache_bytes: 16777216}"]
 
 
+def run_process_group(command: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    """subprocess.run(command, capture_output=True, text=True) in a session of its own, which a
+    timeout kills whole: subprocess.run kills only the launcher, and torchrun's ranks (or train.py's
+    verifier workers) would live on, holding the cores and the two-rank lock's shm segments."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            raise subprocess.TimeoutExpired(command, timeout, output=stdout, stderr=stderr) from None
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
 def run_script(script: Path, args: list[str], timeout: int = 900) -> str:
     """`python <script> <args>` (gvm/train.py or a test worker); its stdout, or a failure with its logs."""
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout)
+    proc = run_process_group([sys.executable, str(script), *args], timeout=timeout)
     assert proc.returncode == 0, f"{script.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc.stdout
 

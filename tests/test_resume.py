@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _tiny_runs import QUIET, TASK, TRAIN
+from _tiny_runs import QUIET, TASK, TRAIN, run_process_group
 from safetensors.torch import load_file
 
 from gvm.config import ConfigError, load_config
@@ -40,7 +40,7 @@ def launch(args: list[str], failpoint: str | None = None) -> subprocess.Complete
     env = {k: v for k, v in os.environ.items() if k != ENV}
     if failpoint:
         env[ENV] = failpoint
-    return subprocess.run([sys.executable, str(TRAIN), *args], capture_output=True, text=True, timeout=900, env=env)
+    return run_process_group([sys.executable, str(TRAIN), *args], timeout=900, env=env)
 
 
 def finished(proc: subprocess.CompletedProcess) -> str:

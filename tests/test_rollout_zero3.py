@@ -5,13 +5,12 @@ replica over both ranks (tp=2); and from gvm's PolicyTrainer, checked against it
 `logprobs`. Fresh model weights and prompts each run (the seed is printed)."""
 import json
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from _seed import seed_for
-from _tiny_runs import one_two_rank_vllm_group_at_a_time
+from _tiny_runs import one_two_rank_vllm_group_at_a_time, run_process_group
 
 pytest.importorskip("deepspeed")
 pytest.importorskip("vllm")
@@ -41,7 +40,7 @@ def launch(model: Path, out: Path, *extra: str) -> None:
                "--master_port", str(_free_port()), str(WORKER), "--model", str(model), "--out", str(out),
                "--seed", str(SEED), *extra]
     with one_two_rank_vllm_group_at_a_time():
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        proc = run_process_group(command, timeout=600)
     assert proc.returncode == 0, f"worker failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
 
 

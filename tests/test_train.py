@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _seed import seed_for
-from _tiny_runs import one_two_rank_vllm_group_at_a_time
+from _tiny_runs import one_two_rank_vllm_group_at_a_time, run_process_group
 import yaml
 
 pytest.importorskip("deepspeed")
@@ -60,7 +60,7 @@ def _launch(args: list[str], ranks: int, timeout: int = 600) -> subprocess.Compl
     else:
         command = [sys.executable, str(TRAIN), *args]
     with one_two_rank_vllm_group_at_a_time() if ranks > 1 else contextlib.nullcontext():
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        proc = run_process_group(command, timeout=timeout)
     assert proc.returncode == 0, f"train.py failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-8000:]}"
     return proc
 

@@ -6,13 +6,13 @@ import logging
 import math
 import os
 import random
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from _trainer_reference import random_samples
+from _tiny_runs import run_process_group
 from _trainer_worker import run_scenario
 
 from gvm.packing import plan_micro_batches
@@ -48,7 +48,7 @@ def runs(tmp_path_factory, module_seed):
         [str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
            "--model", str(model_dir), "--samples", str(samples_file), "--out", str(root / "two")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    proc = run_process_group(cmd, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
     run_scenario(str(model_dir), samples_file, root / "one")
