@@ -26,7 +26,7 @@ ITERATIONS = 2
 SMALL = [*TASK, *QUIET, f"iterations={ITERATIONS}", "checkpoint_every=1", "eval.every=2", "eval.k=1",
          "task.num_eval=4", "data.prompts_per_iteration=4", "sampler.kind=gvm", "sampler.pilot_n=2",
          "sampler.n_per_prompt=2", "sampler.replay=1", "rollout.sampling.max_tokens=16", "rollout.engine=hf",
-         f"verifier.reward={Path(__file__).resolve().parent / '_coin_reward.py'}:coin"]
+         f"verifier.reward={Path(__file__).resolve().parent / '_accept_all_reward.py'}:accept_all"]
 # sampler.replay=1: iteration 2 also trains on iteration 1's accepted samples, which a resume after
 # iteration 1's checkpoint must take from the checkpoint (gvm.replay).
 # Which passage of each failpoint falls in iteration 2 (the last), after iteration 1's checkpoint:
@@ -81,8 +81,7 @@ def reference(tmp_path_factory, warm_model, module_seed) -> tuple[Path, list[str
     finished(launch(args))
     rows = read_rows(root / "run" / "metrics.jsonl")
     # RAFT++ trains on accepted samples only, all with advantage 1: iteration 2 replays exactly what iteration 1
-    # trained on (the coin reward accepts about half of its 16 samples whatever the warm model: none at all has
-    # odds of about 2e-5 where the completions differ)
+    # trained on (tests/_accept_all_reward.py accepts every sample, whatever the warm model writes)
     assert rows[1]["replayed"] == 0 and rows[2]["replayed"] == rows[1]["train"]["num_samples"] > 0
     return root / "run", args[2:]
 
